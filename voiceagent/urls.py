@@ -1,0 +1,10 @@
+"""Top-level URL configuration."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("telephony/", include("telephony.urls")),
+    path("", include("calls.urls")),
+]
