@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 # Debian packages the suite needs: a browser for the e2e tests, speech and SIP tools for the engine tests.
-APT_PACKAGES := chromium espeak-ng sox sipp
+APT_PACKAGES := chromium espeak-ng sox sip-tester
 # silero-vad's own import needs torch; we only load its onnx file, so it is installed without deps.
 SILERO_VAD := silero-vad==6.2.3
 

@@ -4,4 +4,4 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "insecure-test-only-key-0123456789abcdefghijklmnopqrstuvwxyz")
 
-from voiceagent.settings import *  # noqa: E402,F403
+from voiceagent.settings import *  # noqa: F403

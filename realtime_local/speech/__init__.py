@@ -1,0 +1,1 @@
+"""Offline speech stages (VAD, STT, TTS, responder) behind the small interfaces in `base`."""
