@@ -35,10 +35,12 @@ system-deps:
 	  fi; \
 	fi
 
+# `make run` is the development set-up: DEBUG defaults to true (a generated SECRET_KEY, plain-http cookies).
+run: export DEBUG ?= true
 run: setup
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py ensure_admin
-	DEBUG=$${DEBUG:-true} $(PY) manage.py serve --host 127.0.0.1 --port $(PORT)
+	$(PY) manage.py serve --host 127.0.0.1 --port $(PORT)
 
 lint: setup
 	$(VENV)/bin/ruff check .
