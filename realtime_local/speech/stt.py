@@ -1,0 +1,270 @@
+"""Speech to text with faster-whisper (Whisper base, CTranslate2 int8) and streaming transcription.
+
+Two facts measured on the 2-core machine drive this module:
+
+1. Whisper's encoder always reads a 30 s window in faster-whisper's `transcribe`: ~0.55 s of the
+   ~0.75 s a short utterance costs, whatever its length. CTranslate2 accepts a shorter mel input
+   (the `audio_ctx` trick of whisper.cpp): encoding only the utterance (+0.5 s of padding) costs
+   0.03-0.15 s and transcribed our espeak test phrases at least as well. `WhisperTranscriber`
+   uses that short context for audio up to 28 s and falls back to faster-whisper's own
+   `transcribe` beyond (or when `short_context=False`, which the benchmark's baseline uses).
+2. The end of a turn is only declared `silence_duration_ms` (500 ms by default) after the speaker
+   went silent. `StreamingTranscription` starts the final transcription at the *candidate* end (the
+   first silent VAD window), so it is normally finished before the turn detector declares the stop;
+   `finish()` then returns it without any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+
+from .base import INPUT_SAMPLE_RATE, Pcm16
+from .vad import ServerVadTurnDetector, UtteranceSnapshot
+
+logger = logging.getLogger(__name__)
+
+_HOP = 160  # samples per mel frame
+_SHORT_CONTEXT_MAX_S = 28.0
+_PAD_S = 0.5  # silence appended before encoding: Whisper drops the last word without it
+_MIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    text: str
+    no_speech_prob: float
+    seconds: float  # wall time spent
+
+
+class WhisperTranscriber:
+    """`Transcriber` backed by faster-whisper.
+
+    Thread safety: one transcription at a time (CTranslate2 has one worker; concurrent calls would
+    queue inside it anyway). `StreamingTranscription` serializes its calls with its own lock; give
+    each concurrent user of a shared transcriber its own lock or accept the queueing.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        cpu_threads: int = 2,
+        language: str = "en",
+        short_context: bool = True,
+    ) -> None:
+        self.language = language
+        self.short_context = short_context
+        self.model = WhisperModel(
+            str(model_dir),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=cpu_threads,
+            num_workers=1,
+            local_files_only=True,
+        )
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self.lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Run both paths once: the first CTranslate2 call allocates and is three times slower."""
+        rng = np.random.default_rng(0)
+        noise = (rng.standard_normal(INPUT_SAMPLE_RATE) * 300).astype(np.int16)
+        self.transcribe(noise)
+        if self.short_context:
+            self.transcribe_full(noise)
+
+    # -- Transcriber ----------------------------------------------------------------------------
+    def transcribe(self, pcm: Pcm16, *, language: str | None = None, prompt: str | None = None) -> str:
+        return self.transcribe_detailed(pcm, language=language, prompt=prompt).text
+
+    # -- details --------------------------------------------------------------------------------
+    def transcribe_detailed(
+        self, pcm: Pcm16, *, language: str | None = None, prompt: str | None = None
+    ) -> TranscriptionResult:
+        started = time.perf_counter()
+        audio = np.asarray(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        if len(audio) < INPUT_SAMPLE_RATE // 10:
+            return TranscriptionResult("", 1.0, time.perf_counter() - started)
+        if self.short_context and len(audio) <= _SHORT_CONTEXT_MAX_S * INPUT_SAMPLE_RATE:
+            text, no_speech = self._short(audio, language or self.language, prompt)
+        else:
+            text, no_speech = self._full(audio, language or self.language, prompt), 0.0
+        return TranscriptionResult(text, no_speech, time.perf_counter() - started)
+
+    def transcribe_full(self, pcm: Pcm16, *, language: str | None = None) -> str:
+        """faster-whisper's own path (30 s window): the prototype's behaviour, kept for comparison."""
+        audio = np.asarray(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        return self._full(audio, language or self.language, None)
+
+    def _tokenizer(self, language: str) -> Tokenizer:
+        if language not in self._tokenizers:
+            self._tokenizers[language] = Tokenizer(
+                self.model.hf_tokenizer,
+                self.model.model.is_multilingual,
+                task="transcribe",
+                language=language,
+            )
+        return self._tokenizers[language]
+
+    def _full(self, audio: np.typing.NDArray[np.float32], language: str, prompt: str | None) -> str:
+        segments, _info = self.model.transcribe(
+            audio,
+            language=language,
+            beam_size=1,
+            temperature=0.0,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            initial_prompt=prompt,
+        )
+        return "".join(segment.text for segment in segments).strip()
+
+    def _short(
+        self, audio: np.typing.NDArray[np.float32], language: str, prompt: str | None
+    ) -> tuple[str, float]:
+        seconds = max(_MIN_S, len(audio) / INPUT_SAMPLE_RATE)
+        total = int((seconds + _PAD_S) * INPUT_SAMPLE_RATE)
+        padded = np.zeros(total, dtype=np.float32)
+        padded[: len(audio)] = audio
+        mel = self.model.feature_extractor(padded)
+        frames = mel.shape[-1] - mel.shape[-1] % 2  # the encoder's conv has stride 2
+        features = ctranslate2.StorageView.from_array(
+            np.ascontiguousarray(mel[None, :, :frames], dtype=np.float32)
+        )
+        tokenizer = self._tokenizer(language)
+        tokens: list[int] = []
+        if prompt:
+            tokens = [tokenizer.sot_prev, *tokenizer.encode(" " + prompt.strip())[-200:]]
+        tokens += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        encoded = self.model.model.encode(features, to_cpu=True)
+        # Speech is ~4 tokens/s; a generous cap stops the rare hallucinated repetition loop early.
+        max_length = min(448, int(24 + 12 * seconds))
+        result = self.model.model.generate(
+            encoded,
+            [tokens],
+            beam_size=1,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        ids = result.sequences_ids[0]
+        avg_logprob = result.scores[0] / (len(ids) + 1) if result.scores else 0.0
+        no_speech = float(result.no_speech_prob)
+        # Whisper's own silence rule: confident "no speech" and a low-confidence decode.
+        if no_speech > 0.6 and avg_logprob < -1.0:
+            return "", no_speech
+        return tokenizer.decode(ids).strip(), no_speech
+
+
+class StreamingTranscription:
+    """Transcribes the current utterance while it is spoken, and finishes it fast.
+
+    Bound to the call's `ServerVadTurnDetector`, from which it reads the utterance audio.
+
+    Usage from a session (all methods block; call them via `asyncio.to_thread`):
+
+    - after `speech_started`: run `run_partials(on_partial)` in a worker thread. It calls
+      `on_partial(text)` (from that thread) whenever the partial transcript changes, roughly every
+      `interval_s` while the user speaks, and returns once the detector reports `speech_stopped`.
+      Alternatively call `partial()` yourself every 300-600 ms.
+    - after `speech_stopped`: `finish()` returns the final transcript. If the transcription started
+      at the candidate end of speech covers the same audio, it is returned at once (or after the
+      in-flight run completes); otherwise the utterance is transcribed now.
+
+    Thread safety: `partial()`, `run_partials()` and `finish()` may be called from different
+    threads; transcriptions are serialized by an internal lock, so at most one runs at a time.
+    `feed` of the detector may run concurrently on another thread (it publishes snapshots under
+    its own lock).
+    """
+
+    def __init__(
+        self,
+        transcriber: WhisperTranscriber,
+        detector: ServerVadTurnDetector,
+        *,
+        interval_s: float = 0.4,
+        language: str | None = None,
+    ) -> None:
+        self._transcriber = transcriber
+        self._detector = detector
+        self.interval_s = interval_s
+        self.language = language
+        self._lock = threading.Lock()
+        # (utterance id, samples covered, end sample or None) -> text of the last run
+        self._last_key: tuple[int, int, int | None] | None = None
+        self._last_text = ""
+        self.last_finish_seconds = 0.0  # what finish() cost, for benchmarks and logs
+        self.last_finish_reused = False
+
+    def _run(self, snap: UtteranceSnapshot) -> str:
+        audio = snap.audio
+        if snap.end_sample is not None:
+            audio = audio[: snap.end_sample + self._detector.tail_samples]
+        key: tuple[int, int, int | None] = (snap.utterance_id, len(audio), snap.end_sample)
+        with self._lock:
+            if key == self._last_key:
+                return self._last_text
+            text = self._transcriber.transcribe(audio, language=self.language)
+            self._last_key, self._last_text = key, text
+            return text
+
+    def partial(self) -> str:
+        """Transcript of the utterance so far (up to the candidate end when the speaker paused)."""
+        return self._run(self._detector.snapshot())
+
+    def finish(self) -> str:
+        """Final transcript of the utterance the detector just stopped."""
+        started = time.perf_counter()
+        snap = self._detector.snapshot()
+        end = snap.end_sample
+        with self._lock:  # waits for an in-flight partial
+            last = self._last_key
+            reused = last is not None and end is not None and last[0] == snap.utterance_id and last[2] == end
+        text = self._last_text if reused else self._run(snap)
+        self.last_finish_seconds = time.perf_counter() - started
+        self.last_finish_reused = reused
+        return text
+
+    def run_partials(self, on_partial: Callable[[str], None], *, stop: threading.Event | None = None) -> None:
+        """Worker loop for one utterance; returns when the detector stops it (or `stop` is set).
+
+        Wakes on the detector's condition: at once when a candidate end appears (that run is the
+        one `finish()` reuses), otherwise every `interval_s` when new audio arrived.
+        """
+        changed = self._detector.changed
+        utterance = self._detector.snapshot().utterance_id
+        last_text = ""
+        last_length = 0
+        last_end: int | None = None
+        last_run_at = 0.0
+        while stop is None or not stop.is_set():
+            snap = self._detector.snapshot()
+            if snap.utterance_id != utterance or snap.stopped:
+                return
+            if snap.end_sample is not None:
+                should_run = snap.end_sample != last_end  # once per candidate end, at once
+            else:
+                due = time.monotonic() - last_run_at >= self.interval_s
+                should_run = due and len(snap.audio) > last_length
+            if should_run:
+                last_run_at = time.monotonic()
+                last_length, last_end = len(snap.audio), snap.end_sample
+                text = self._run(snap)
+                if text != last_text:
+                    last_text = text
+                    on_partial(text)
+                continue
+            with changed:
+                changed.wait(timeout=self.interval_s / 4)
