@@ -1,0 +1,205 @@
+"""The admin is where admins review call history: calls with their transcript, events and tools.
+
+History is read-only here: calls, events, transcript turns, tool invocations and webhook deliveries
+can be viewed (and calls deleted, for retention), never added or edited. Agent profiles are editable.
+Every list page runs a fixed number of queries whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils.html import format_html
+
+from calls import selectors
+from calls.models import AgentProfile, Call, Event, ToolInvocation, TranscriptTurn, WebhookDelivery
+from calls.templatetags.calls_format import format_duration
+
+admin.site.site_header = "voiceagent admin"
+admin.site.site_title = "voiceagent admin"
+admin.site.index_title = "Calls, agents and deliveries"
+
+
+class ReadOnlyAdminMixin:
+    """History is written by the product alone: viewing is allowed, adding and editing are not."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AgentProfile)
+class AgentProfileAdmin(admin.ModelAdmin[AgentProfile]):
+    list_display = ["name", "is_default", "voice", "model", "updated_at"]
+    list_filter = ["is_default", "voice", "model"]
+    search_fields = ["name", "instructions"]
+    readonly_fields = ["created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "is_default", "instructions"]}),
+        ("Voice and model", {"fields": ["voice", "model", "turn_detection"]}),
+        ("Tools", {"fields": ["tools"]}),
+        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+
+
+class ToolInvocationInline(ReadOnlyAdminMixin, admin.TabularInline[ToolInvocation, Call]):
+    model = ToolInvocation
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = (
+        "created_at",
+        "tool_name",
+        "function_call_id",
+        "status",
+        "duration_ms",
+        "arguments",
+        "output",
+    )
+    ordering = ["created_at", "id"]
+    verbose_name_plural = "Tool invocations"
+
+
+class WebhookDeliveryInline(ReadOnlyAdminMixin, admin.TabularInline[WebhookDelivery, Call]):
+    model = WebhookDelivery
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("received_at", "type", "webhook_id", "outcome")
+    verbose_name_plural = "Webhook deliveries"
+
+
+@admin.register(Call)
+class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
+    list_display = [
+        "started",
+        "source",
+        "mode",
+        "status_badge",
+        "agent",
+        "who",
+        "duration_display",
+        "turn_count_display",
+        "event_count_display",
+    ]
+    list_display_links = ["started"]
+    list_filter = [
+        "source",
+        "status",
+        "mode",
+        "transport",
+        "agent",
+        ("created_at", admin.DateFieldListFilter),
+    ]
+    date_hierarchy = "created_at"
+    search_fields = ["caller_number", "provider_call_id", "turns__text", "=id"]
+    search_help_text = "Caller number, provider call id, transcript text, or an exact call id."
+    list_per_page = 50
+    show_full_result_count = False
+    inlines = [ToolInvocationInline, WebhookDeliveryInline]
+    fieldsets = [
+        (None, {"fields": ["id", "provider_call_id", "status", "end_reason", "error"]}),
+        ("Who and how", {"fields": ["source", "mode", "transport", "user", "caller_number", "agent"]}),
+        ("Timing", {"fields": ["created_at", "answered_at", "ended_at", "duration_display"]}),
+        ("Usage", {"fields": ["usage"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = ["duration_display"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Call]:
+        return selectors.calls_with_counts(super().get_queryset(request))
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """Add the conversation and the event stream below the call's fields."""
+        call = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if call is not None:
+            context["transcript_turns"] = selectors.call_transcript(call=call)
+            context["call_events"] = selectors.call_events(call=call)
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @admin.display(description="Started", ordering="created_at")
+    def started(self, obj: Call) -> str:
+        return obj.created_at.strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: Call) -> str:
+        return format_html(
+            '<span class="call-status call-status-{}">{}</span>', obj.status, obj.get_status_display()
+        )
+
+    @admin.display(description="User / caller")
+    def who(self, obj: Call) -> str:
+        if obj.caller_number:
+            return obj.caller_number
+        return obj.user.get_username() if obj.user else "—"
+
+    @admin.display(description="Duration")
+    def duration_display(self, obj: Call) -> str:
+        return format_duration(obj.duration)
+
+    @admin.display(description="Turns", ordering="turn_count")
+    def turn_count_display(self, obj: Call) -> int:
+        return int(getattr(obj, "turn_count", 0))
+
+    @admin.display(description="Events", ordering="event_count")
+    def event_count_display(self, obj: Call) -> int:
+        return int(getattr(obj, "event_count", 0))
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Event]):
+    list_display = ["call", "sequence", "type", "received_at"]
+    list_filter = ["type"]
+    search_fields = ["=call__id", "=call__provider_call_id", "type"]
+    list_select_related = ["call", "call__user"]
+    ordering = ["-received_at", "-sequence"]
+    show_full_result_count = False
+    fields = ["call", "sequence", "type", "received_at", "payload_pretty"]
+    readonly_fields = ["payload_pretty"]
+
+    @admin.display(description="Payload")
+    def payload_pretty(self, obj: Event) -> str:
+        from calls.templatetags.calls_format import pretty_json
+
+        return format_html('<pre class="event-payload">{}</pre>', pretty_json(obj.payload))
+
+
+@admin.register(TranscriptTurn)
+class TranscriptTurnAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[TranscriptTurn]):
+    list_display = ["call", "role", "short_text", "started_at", "interrupted"]
+    list_filter = ["role", "interrupted"]
+    search_fields = ["text", "=call__id"]
+    list_select_related = ["call", "call__user"]
+    ordering = ["-started_at"]
+    show_full_result_count = False
+
+    @admin.display(description="Text")
+    def short_text(self, obj: TranscriptTurn) -> str:
+        return obj.text if len(obj.text) <= 80 else obj.text[:79] + "…"
+
+
+@admin.register(ToolInvocation)
+class ToolInvocationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[ToolInvocation]):
+    list_display = ["call", "tool_name", "status", "duration_ms", "created_at"]
+    list_filter = ["status", "tool_name"]
+    search_fields = ["tool_name", "function_call_id", "=call__id"]
+    list_select_related = ["call", "call__user"]
+    show_full_result_count = False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[WebhookDelivery]):
+    list_display = ["webhook_id", "type", "outcome", "received_at", "call"]
+    list_filter = ["outcome", "type"]
+    search_fields = ["webhook_id", "=call__id"]
+    list_select_related = ["call", "call__user"]
+    show_full_result_count = False

@@ -1,0 +1,222 @@
+"""`manage.py serve`: the whole product in one command.
+
+Starts, in order: the local realtime engine as a child process (when no OpenAI key is set), then the
+ASGI application under daphne in this process. Ctrl-C or SIGTERM stops the server and the engine.
+Background services that must share this process (the call observer) plug in at
+`Command.start_in_process_services`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+logger = logging.getLogger("voiceagent.serve")
+
+
+class EngineError(CommandError):
+    """The local engine exited or did not become ready in time."""
+
+
+class LocalEngineProcess:
+    """The `realtime_local` engine run as a child process, with a bounded wait for its /healthz."""
+
+    def __init__(self, *, host: str, port: int, api_key: str) -> None:
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        """Whether `python -m realtime_local` can run at all (the package has a __main__)."""
+        try:
+            return importlib.util.find_spec("realtime_local.__main__") is not None
+        except ImportError:
+            return False
+
+    @property
+    def health_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/healthz"
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "realtime_local",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--api-key",
+            self.api_key,
+        ]
+        self.process = subprocess.Popen(command)
+
+    def wait_ready(self, *, timeout_s: float, progress: Callable[[str], None]) -> float:
+        """Poll /healthz until it answers 200; return the seconds it took, or raise EngineError."""
+        assert self.process is not None, "start() first"
+        started = time.monotonic()
+        next_report = started + 2.0
+        last_error = "no answer yet"
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise EngineError(
+                    f"The local engine exited with status {code} before it was ready "
+                    f"(see its output above). Run `python -m realtime_local --port {self.port}` to debug, "
+                    "or set OPENAI_API_KEY to use OpenAI instead."
+                )
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+                    last_error = f"HTTP {response.status}"
+            except (urllib.error.URLError, OSError) as exc:
+                last_error = str(getattr(exc, "reason", exc))
+            now = time.monotonic()
+            if now - started > timeout_s:
+                raise EngineError(
+                    f"The local engine did not become ready within {timeout_s:g} s "
+                    f"({self.health_url}: {last_error})."
+                )
+            if now >= next_report:
+                progress(f"  waiting for the local engine at {self.health_url} … {now - started:.0f} s")
+                next_report = now + 2.0
+            time.sleep(0.25)
+
+    def stop(self, *, grace_s: float = 10.0) -> None:
+        """Terminate the engine, then kill it if it does not exit within `grace_s`. Idempotent."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM before the server runs: unwind like Ctrl-C so the engine child is stopped too."""
+    raise KeyboardInterrupt
+
+
+class Command(BaseCommand):
+    help = "Serve the product: the local engine (unless an OpenAI key is set) and the ASGI app under daphne."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1).")
+        parser.add_argument("--port", type=int, default=settings.PORT, help="Port (default $PORT or 8000).")
+        parser.add_argument(
+            "--no-engine", action="store_true", help="Do not start the local engine (it runs elsewhere)."
+        )
+        parser.add_argument(
+            "--engine-timeout",
+            type=float,
+            default=180.0,
+            help="Seconds to wait for the local engine to load its models (default 180).",
+        )
+
+    def handle(
+        self, *args: Any, host: str, port: int, no_engine: bool, engine_timeout: float, **options: Any
+    ) -> None:
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        engine: LocalEngineProcess | None = None
+        try:
+            if settings.USES_LOCAL_ENGINE and not no_engine:
+                engine = self.start_local_engine(timeout_s=engine_timeout)
+            elif not settings.USES_LOCAL_ENGINE:
+                self.stdout.write(f"Realtime API: {settings.REALTIME_BASE_URL} (OPENAI_API_KEY is set)")
+            self.prepare_static_files()
+            self.start_in_process_services()
+            self.serve(host=host, port=port)
+        except KeyboardInterrupt:
+            self.stdout.write("Stopping.")
+        finally:
+            if engine is not None:
+                self.stdout.write("Stopping the local engine.")
+                engine.stop()
+
+    def start_local_engine(self, *, timeout_s: float) -> LocalEngineProcess | None:
+        """Start the engine and wait until it is ready; None (with a warning) if it cannot run yet."""
+        if not LocalEngineProcess.available():
+            self.stderr.write(
+                self.style.WARNING(
+                    "Warning: the local realtime engine (realtime_local) cannot run in this checkout yet; "
+                    "serving without it. Calls need OPENAI_API_KEY or a running engine."
+                )
+            )
+            return None
+        engine = LocalEngineProcess(
+            host=settings.REALTIME_LOCAL_HOST,
+            port=settings.REALTIME_LOCAL_PORT,
+            api_key=settings.REALTIME_LOCAL_API_KEY,
+        )
+        base = engine.health_url.removesuffix("/healthz")
+        self.stdout.write(f"Starting the local realtime engine on {base} …")
+        engine.start()
+        try:
+            took = engine.wait_ready(timeout_s=timeout_s, progress=self.stdout.write)
+        except BaseException:
+            engine.stop()
+            raise
+        self.stdout.write(self.style.SUCCESS(f"Local engine ready in {took:.1f} s."))
+        return engine
+
+    def prepare_static_files(self) -> None:
+        """Outside DEBUG, whitenoise serves the collected files; in DEBUG it serves them from the finders."""
+        if not settings.DEBUG:
+            call_command("collectstatic", interactive=False, verbosity=0)
+
+    def start_in_process_services(self) -> None:
+        """Hook for services that run inside the web process (the embedded call observer)."""
+
+    def serve(self, *, host: str, port: int) -> None:
+        """Run daphne until Ctrl-C/SIGTERM (daphne installs its own handlers for both)."""
+        # Imported here: loading the ASGI app builds the middleware, after collectstatic has run.
+        from daphne.endpoints import build_endpoint_description_strings
+        from daphne.server import Server
+
+        from voiceagent.asgi import application
+
+        display_host = f"[{host}]" if ":" in host else host
+        base_url = f"http://{display_host}:{port}"
+
+        def ready() -> None:
+            self.stdout.write(
+                self.style.SUCCESS(f"voiceagent is serving on {base_url}/  (admin: {base_url}/admin/)")
+            )
+            self.stdout.write("Press Ctrl-C to stop.")
+
+        Server(
+            application=application,
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            signal_handlers=True,
+            action_logger=self.log_action,
+            ready_callable=ready,
+            verbosity=0,
+        ).run()
+
+    def log_action(self, protocol: str, action: str, details: dict[str, Any]) -> None:
+        """One access-log line per finished request or WebSocket."""
+        if protocol == "http" and action == "complete":
+            logger.info("%s %s %s", details.get("method"), details.get("path"), details.get("status"))
+        elif protocol == "websocket" and action in ("connected", "disconnected", "rejected"):
+            logger.info("WS %s %s", action, details.get("path"))
