@@ -129,8 +129,9 @@ class WebhookReceiver:
     fail_first: int = 0
     attempts: int = 0
 
-    async def next(self, timeout: float = 10.0) -> ReceivedWebhook:
-        return await asyncio.wait_for(self.received.get(), timeout)
+    async def next(self) -> ReceivedWebhook:
+        """The next received request (waits at most 10 s)."""
+        return await asyncio.wait_for(self.received.get(), 10.0)
 
 
 @pytest.fixture
