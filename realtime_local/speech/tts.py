@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import wave
 from collections.abc import Iterator
 from fractions import Fraction
@@ -66,8 +67,8 @@ class PiperSynthesizer:
 
     The ONNX session is built here rather than by `PiperVoice.load` so its thread count is ours:
     by default onnxruntime takes every core, which would starve Whisper and the media loop.
-    Thread safety: `onnxruntime` runs are thread-safe; piper's phonemizer (espeak-ng via a C
-    bridge) is not documented as such, so calls are serialized by the session per call anyway.
+    Thread safety: piper's phonemizer is espeak-ng's C library with global state, so pieces are
+    synthesized under a lock; two calls speaking at once interleave piece by piece.
     """
 
     def __init__(self, model_path: Path, config_path: Path, *, threads: int = 2) -> None:
@@ -81,6 +82,7 @@ class PiperSynthesizer:
             config = PiperConfig.from_dict(json.load(handle))
         session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
         self._voice = PiperVoice(session=session, config=config)
+        self._lock = threading.Lock()
         self.sample_rate: int = int(config.sample_rate)
 
     def warm_up(self) -> None:
@@ -93,8 +95,11 @@ class PiperSynthesizer:
 
         config = SynthesisConfig(length_scale=1.0 / max(0.25, min(4.0, speed)))
         for piece in split_for_speech(text):
-            for chunk in self._voice.synthesize(piece, syn_config=config):
-                yield chunk.audio_int16_array.reshape(-1)
+            with self._lock:
+                chunks = [
+                    chunk.audio_int16_array.reshape(-1) for chunk in self._voice.synthesize(piece, config)
+                ]
+            yield from chunks
 
 
 class EspeakSynthesizer:
