@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: Largest client event accepted on a sideband socket (images go in as data URLs: keep it generous).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 WS_CLOSE_SLOW_OBSERVER = 1008
+#: Seconds to wait for a socket to take the close frame before the connection is aborted.
+CLOSE_TIMEOUT = 2.0
 
 
 class SidebandObserver:
@@ -96,10 +98,17 @@ async def serve_sideband(
         for task in (reader, writer, call_ended, observer_gone):
             task.cancel()
         await asyncio.gather(reader, writer, call_ended, observer_gone, return_exceptions=True)
-        if observer.dropped and not ws.closed:
-            await ws.close(code=WS_CLOSE_SLOW_OBSERVER, message=b"observer too slow")
-        elif not ws.closed:
-            await ws.close(code=1000, message=b"call ended" if call.ended.is_set() else b"")
+        if not ws.closed:
+            if observer.dropped:
+                code, reason = WS_CLOSE_SLOW_OBSERVER, b"observer too slow"
+            else:
+                code, reason = 1000, b"call ended" if call.ended.is_set() else b""
+            try:
+                # A peer that stopped reading cannot take even the close frame: don't wait for it.
+                await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT)
+            except (TimeoutError, ConnectionError, RuntimeError):
+                if request.transport is not None:
+                    request.transport.abort()
     return ws
 
 
