@@ -22,7 +22,6 @@ rendered in the API's shape by one middleware.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import time
@@ -173,7 +172,9 @@ def _mark_ready(engine: Engine) -> None:
 async def _load_speech(engine: Engine) -> None:
     """Load the speech stack in a thread (it reads ~200 MB of weights) and mark the engine ready."""
     try:
-        stack_module = importlib.import_module("realtime_local.speech.stack")
+        # Imported here: the speech packages (faster-whisper, piper, onnxruntime) are the optional
+        # `local` extra and slow to import; `--no-speech` and the protocol tests never need them.
+        from realtime_local.speech.stack import SpeechOptions, load_speech_stack
     except ImportError as exc:
         logger.warning("speech stack not available (%s): running text-only", exc)
         engine.speech_status = "unavailable"
@@ -181,8 +182,8 @@ async def _load_speech(engine: Engine) -> None:
         _mark_ready(engine)
         return
     try:
-        options = stack_module.SpeechOptions.from_env()
-        engine.runtime.speech = await asyncio.to_thread(stack_module.load_speech_stack, options)
+        options = SpeechOptions.from_env()
+        engine.runtime.speech = await asyncio.to_thread(load_speech_stack, options)
     except Exception as exc:  # any failure to load is reported on /healthz and by the CLI
         logger.exception("loading the speech stack failed")
         engine.speech_status = "failed"

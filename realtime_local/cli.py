@@ -141,8 +141,9 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tupl
     return config, str(args.log_level).upper()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m realtime_local`; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, started: float | None = None) -> int:
+    """Entry point of `python -m realtime_local`; returns the exit status. `started` is the
+    `time.monotonic()` of process start, for the "ready in" figure."""
     config, log_level = parse_config(argv, os.environ)
     logging.basicConfig(
         level=getattr(logging, log_level, logging.INFO),
@@ -154,12 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"realtime_local: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, started=started))
 
 
-async def serve(config: EngineConfig) -> int:
+async def serve(config: EngineConfig, *, started: float | None = None) -> int:
     """Run the engine on `config.host:config.port` until a signal; hang up every call on the way out."""
-    t0 = time.monotonic()
+    t0 = time.monotonic() if started is None else started
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
     await runner.setup()
