@@ -91,6 +91,15 @@ class InvalidClientEvent(Exception):
 
 
 @dataclass
+class _Piece:
+    """A transcript delta and the span of 48 kHz samples its audio occupies in the response."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass
 class _Response:
     id: str
     modalities: list[str]
@@ -108,7 +117,7 @@ class _Response:
     task: asyncio.Task[None] | None = None
     message: dict[str, Any] | None = None
     #: (text delta, cumulative 48 kHz samples at the end of its audio) for truncation
-    pieces: list[tuple[str, int]] = field(default_factory=list)
+    pieces: list[_Piece] = field(default_factory=list)
     samples: int = 0
     text: str = ""
     audio_started: bool = False
@@ -152,19 +161,17 @@ def _validate_session(data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidClientEvent(exc.message, param=exc.param, code=exc.code) from None
 
 
-def _truncate_words(pieces: list[tuple[str, int]], played_samples: int) -> str:
+def _truncate_words(pieces: list[_Piece], played_samples: int) -> str:
     """The transcript of what was played: whole pieces, then a proportional share of the next."""
     words: list[str] = []
-    start = 0
-    for piece, end in pieces:
-        piece_words = piece.split()
-        if end <= played_samples:
+    for piece in pieces:
+        piece_words = piece.text.split()
+        if piece.end <= played_samples:
             words += piece_words
         else:
-            fraction = max(0.0, (played_samples - start) / max(1, end - start))
+            fraction = max(0.0, (played_samples - piece.start) / max(1, piece.end - piece.start))
             words += piece_words[: int(len(piece_words) * fraction)]
             break
-        start = end
     return " ".join(words)
 
 
@@ -930,17 +937,19 @@ class Session:
             self._emit({"type": "response.output_text.delta", **ids, "delta": delta})
             return
 
+        piece = _Piece(delta, response.samples, response.samples)
+
         def send_delta() -> None:
+            response.pieces.append(piece)
             response.text += delta
             item["content"][0]["transcript"] = response.text
             self._emit({"type": "response.output_audio_transcript.delta", **ids, "delta": delta})
 
         out, speech = self.audio_out, self.speech
         if out is not None and speech is not None:
-            await self._speak(response, out, speech, text, on_first_audio=send_delta)
+            await self._speak(response, out, speech, text, piece=piece, on_first_audio=send_delta)
         else:
             send_delta()
-        response.pieces.append((delta, response.samples))
 
     async def _speak(
         self,
@@ -949,6 +958,7 @@ class Session:
         speech: SpeechStack,
         text: str,
         *,
+        piece: _Piece,
         on_first_audio: Callable[[], None],
     ) -> None:
         """Synthesize one piece into the track, paced to stay at most MAX_AUDIO_AHEAD_S ahead."""
@@ -968,6 +978,7 @@ class Session:
                     out.begin(response.id)
                 out.push(pcm)
                 response.samples += len(pcm)
+                piece.end = response.samples
                 if first:
                     first = False
                     # output_audio_buffer.started (first frame sent) precedes the transcript delta

@@ -176,6 +176,7 @@ class RealtimeTestClient:
         self.mic = MicrophoneTrack()
         self.pc.addTrack(self.mic)
         self.events: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each event's arrival
         self._changed = asyncio.Event()
         self._opened = asyncio.Event()
         self.received: list[np.ndarray] = []  # 48 kHz mono, as decoded
@@ -190,6 +191,7 @@ class RealtimeTestClient:
 
     def _on_message(self, message: Any) -> None:
         self.events.append(json.loads(message))
+        self.arrivals.append(time.monotonic())
         self._changed.set()
 
     async def _record(self, track: Any) -> None:
@@ -217,6 +219,10 @@ class RealtimeTestClient:
 
     def send(self, event: dict[str, Any]) -> None:
         self.channel.send(json.dumps(event))
+
+    def seconds_between(self, first: dict[str, Any], second: dict[str, Any]) -> float:
+        """Client-side time between the arrival of two received events."""
+        return self.arrivals[self.events.index(second)] - self.arrivals[self.events.index(first)]
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
