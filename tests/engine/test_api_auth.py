@@ -128,3 +128,17 @@ def test_non_loopback_bind_with_the_default_key_refuses_to_start() -> None:
     assert result.returncode != 0
     assert "default API key" in result.stderr
     assert "0.0.0.0" in result.stderr
+
+
+async def test_ephemeral_key_is_not_spent_on_an_offer_that_cannot_be_answered(engine: RunningEngine) -> None:
+    secret = await engine.http.post(
+        f"{engine.base_url}/realtime/client_secrets", json={}, headers=engine.auth
+    )
+    headers = {"Authorization": f"Bearer {secret.json()['value']}", "Content-Type": "application/sdp"}
+    broken = await engine.http.post(f"{engine.base_url}/realtime/calls", content="v=0\r\n", headers=headers)
+    assert broken.status_code == 400
+    assert assert_error_shape(broken.json())["param"] == "sdp"
+    retry = await engine.http.post(
+        f"{engine.base_url}/realtime/calls", content=await make_offer(), headers=headers
+    )
+    assert retry.status_code == 201, retry.text
