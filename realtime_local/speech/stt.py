@@ -4,10 +4,11 @@ Two facts measured on the 2-core machine drive this module:
 
 1. Whisper's encoder always reads a 30 s window in faster-whisper's `transcribe`: ~0.55 s of the
    ~0.75 s a short utterance costs, whatever its length. CTranslate2 accepts a shorter mel input
-   (the `audio_ctx` trick of whisper.cpp): encoding only the utterance (+0.5 s of padding) costs
-   0.03-0.15 s and transcribed our espeak test phrases at least as well. `WhisperTranscriber`
-   uses that short context for audio up to 28 s and falls back to faster-whisper's own
-   `transcribe` beyond (or when `short_context=False`, which the benchmark's baseline uses).
+   (the `audio_ctx` trick of whisper.cpp): encoding max(8 s, the utterance) + 0.5 s costs about a
+   third and transcribed 17 espeak test phrases better than the 30 s path (5 vs 7 misses, mostly
+   "20" for "twenty"); contexts under ~5 s misread short words ("Good morning" -> "George
+   Martin"). `WhisperTranscriber` uses that short context for audio up to 28 s and falls back to
+   faster-whisper's own `transcribe` beyond (or when `short_context=False`: the baseline).
 2. The end of a turn is only declared `silence_duration_ms` (500 ms by default) after the speaker
    went silent. `StreamingTranscription` starts the final transcription at the *candidate* end (the
    first silent VAD window), so it is normally finished before the turn detector declares the stop;
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 _HOP = 160  # samples per mel frame
 _SHORT_CONTEXT_MAX_S = 28.0
 _PAD_S = 0.5  # silence appended before encoding: Whisper drops the last word without it
-_MIN_S = 1.0
+_MIN_S = 8.0  # shorter contexts misread short words ("Good morning" -> "George Martin")
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class WhisperTranscriber:
         tokens += [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         encoded = self.model.model.encode(features, to_cpu=True)
         # Speech is 3-6 tokens/s: the cap bounds the time a hallucinated repetition loop can waste.
-        max_length = min(448, int(len(tokens) + 12 + 8 * seconds))
+        max_length = min(448, int(len(tokens) + 12 + 8 * len(audio) / INPUT_SAMPLE_RATE))
         result = self.model.model.generate(
             encoded,
             [tokens],
@@ -259,6 +260,17 @@ class StreamingTranscription:
     def partial(self) -> str:
         """Transcript of the utterance so far (up to the candidate end when the speaker paused)."""
         return self._run(self._detector.snapshot())
+
+    def covers_pause(self) -> bool:
+        """Whether the last transcription covers the utterance up to its current (candidate) end,
+        i.e. whether `finish()` would return without transcribing if the turn stopped now."""
+        snap = self._detector.snapshot()
+        last = self._last_key
+        return (
+            last is not None
+            and snap.end_sample is not None
+            and last[::2] == (snap.utterance_id, snap.end_sample)
+        )
 
     def finish(self) -> str:
         """Final transcript of the utterance the detector just stopped."""

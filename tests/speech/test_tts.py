@@ -1,0 +1,66 @@
+"""Speech synthesis: audible, at the stated rate, early first chunk, and intelligible to Whisper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from realtime_local.speech.base import INPUT_SAMPLE_RATE
+from realtime_local.speech.stack import SpeechStack
+from realtime_local.speech.tts import EspeakSynthesizer, resample, split_for_speech
+
+from .conftest import words
+
+
+def test_the_first_sentence_is_split_at_a_clause_when_long() -> None:
+    assert split_for_speech("Here is what I found in the city: sunny and warm. Anything else?") == [
+        "Here is what I found in the city:",
+        "sunny and warm.",
+        "Anything else?",
+    ]
+    assert split_for_speech("Hello there! How are you?") == ["Hello there!", "How are you?"]
+    assert split_for_speech("  ") == []
+
+
+def test_espeak_speaks_each_sentence_audibly_at_its_rate() -> None:
+    synthesizer = EspeakSynthesizer()
+    chunks = list(synthesizer.synthesize("Hello there. How are you?"))
+    assert synthesizer.sample_rate == 22050
+    assert len(chunks) == 2
+    for chunk in chunks:
+        assert chunk.dtype == np.int16
+        assert 0.3 < len(chunk) / synthesizer.sample_rate < 3.0
+        assert np.abs(chunk).max() > 3000
+
+
+def test_text_that_looks_like_an_option_is_spoken_not_parsed() -> None:
+    chunk = EspeakSynthesizer().render("--help me")
+    assert len(chunk) > 0.3 * 22050
+
+
+@pytest.mark.speech
+def test_piper_streams_audible_audio_at_its_rate(speech_stack: SpeechStack) -> None:
+    synthesizer = speech_stack.synthesizer
+    chunks = list(synthesizer.synthesize("Here is what I found: sunny, twenty one degrees. Anything else?"))
+    assert synthesizer.sample_rate == 22050
+    assert len(chunks) >= 2, "one chunk per sentence or clause, so playback starts early"
+    audio = np.concatenate(chunks)
+    assert audio.dtype == np.int16
+    assert 2.0 < len(audio) / synthesizer.sample_rate < 8.0
+    assert np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 1000
+
+
+@pytest.mark.speech
+def test_piper_speech_is_transcribed_back_to_its_words(speech_stack: SpeechStack) -> None:
+    synthesizer = speech_stack.synthesizer
+    audio = np.concatenate(list(synthesizer.synthesize("The weather in Paris is sunny.")))
+    heard = speech_stack.transcriber.transcribe(resample(audio, synthesizer.sample_rate, INPUT_SAMPLE_RATE))
+    assert {"weather", "paris", "sunny"} <= words(heard), heard
+
+
+@pytest.mark.speech
+def test_speed_changes_the_duration(speech_stack: SpeechStack) -> None:
+    synthesizer = speech_stack.synthesizer
+    normal = sum(len(chunk) for chunk in synthesizer.synthesize("Counting one two three four."))
+    fast = sum(len(chunk) for chunk in synthesizer.synthesize("Counting one two three four.", speed=1.5))
+    assert fast < 0.8 * normal
