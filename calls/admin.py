@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.options import InlineModelAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from calls import selectors
@@ -21,6 +23,8 @@ from calls.templatetags.calls_format import format_duration
 admin.site.site_header = "voiceagent admin"
 admin.site.site_title = "voiceagent admin"
 admin.site.index_title = "Calls, agents and deliveries"
+# The call list has many columns; the app sidebar would squeeze them on laptop screens.
+admin.site.enable_nav_sidebar = False
 
 
 class ReadOnlyAdminMixin:
@@ -79,7 +83,7 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
         "source",
         "mode",
         "status_badge",
-        "agent",
+        "agent_name",
         "who",
         "duration_display",
         "turn_count_display",
@@ -100,6 +104,13 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
     list_per_page = 50
     show_full_result_count = False
     inlines = [ToolInvocationInline, WebhookDeliveryInline]
+
+    def get_inlines(self, request: HttpRequest, obj: Call | None) -> list[type[InlineModelAdmin[Any, Any]]]:
+        """Webhook deliveries only exist for phone calls; web calls do not show the empty table."""
+        if obj is not None and obj.source != Call.Source.SIP:
+            return [ToolInvocationInline]
+        return list(self.inlines)
+
     fieldsets = [
         (None, {"fields": ["id", "provider_call_id", "status", "end_reason", "error"]}),
         ("Who and how", {"fields": ["source", "mode", "transport", "user", "caller_number", "agent"]}),
@@ -128,13 +139,17 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
 
     @admin.display(description="Started", ordering="created_at")
     def started(self, obj: Call) -> str:
-        return obj.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M")
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: Call) -> str:
         return format_html(
             '<span class="call-status call-status-{}">{}</span>', obj.status, obj.get_status_display()
         )
+
+    @admin.display(description="Agent", ordering="agent__name")
+    def agent_name(self, obj: Call) -> str:
+        return obj.agent.name
 
     @admin.display(description="User / caller")
     def who(self, obj: Call) -> str:
