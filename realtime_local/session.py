@@ -97,6 +97,7 @@ class _Piece:
     text: str
     start: int
     end: int
+    complete: bool = False  # all its audio generated (else `end` is only what was generated so far)
 
 
 @dataclass
@@ -161,15 +162,31 @@ def _validate_session(data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidClientEvent(exc.message, param=exc.param, code=exc.code) from None
 
 
+#: 48 kHz samples per character of speech when no finished piece tells the synthesizer's pace.
+_SAMPLES_PER_CHAR = 3400
+
+
 def _truncate_words(pieces: list[_Piece], played_samples: int) -> str:
-    """The transcript of what was played: whole pieces, then a proportional share of the next."""
+    """The transcript of what was played: whole pieces, then a proportional share of the next.
+
+    A piece whose audio was still being generated is sized from the pace of the finished ones.
+    """
+    finished = [p for p in pieces if p.complete and p.text.strip()]
+    pace = (
+        sum(p.end - p.start for p in finished) / max(1, sum(len(p.text) for p in finished))
+        if finished
+        else _SAMPLES_PER_CHAR
+    )
     words: list[str] = []
     for piece in pieces:
         piece_words = piece.text.split()
-        if piece.end <= played_samples:
+        span = piece.end - piece.start
+        if not piece.complete:
+            span = max(span, int(len(piece.text) * pace))
+        if piece.start + span <= played_samples:
             words += piece_words
         else:
-            fraction = max(0.0, (played_samples - piece.start) / max(1, piece.end - piece.start))
+            fraction = max(0.0, (played_samples - piece.start) / max(1, span))
             words += piece_words[: int(len(piece_words) * fraction)]
             break
     return " ".join(words)
@@ -837,6 +854,9 @@ class Session:
             response.status = "cancelled"
             if response.status_details is None:
                 response.status_details = {"type": "cancelled", "reason": "client_cancelled"}
+            out = self.audio_out
+            if out is not None and out.current_response_id == response.id:
+                out.end()  # what was already generated plays out (output_audio_buffer.clear stops it)
             self._finish_response(response)
             raise
         except Exception as exc:
@@ -950,6 +970,7 @@ class Session:
             await self._speak(response, out, speech, text, piece=piece, on_first_audio=send_delta)
         else:
             send_delta()
+        piece.complete = True
 
     async def _speak(
         self,

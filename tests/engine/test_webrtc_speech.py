@@ -67,6 +67,13 @@ async def test_spoken_question_gets_a_spoken_answer(
     assert committed["item_id"] == started["item_id"]
     completed = await client.wait_for("conversation.item.input_audio_transcription.completed", timeout=15)
     heard = words(completed["transcript"])
+    deltas = [
+        e
+        for e in client.events
+        if e["type"] == "conversation.item.input_audio_transcription.delta"
+        and e["item_id"] == started["item_id"]
+    ]
+    assert deltas and all(e["delta"] for e in deltas)
     assert {"library", "open", "sunday"} <= heard, completed["transcript"]
     first_audio_index = len(client.received)
     done = await client.wait_for("response.done", timeout=30)
