@@ -257,10 +257,11 @@ def _object_body(body: Any) -> dict[str, Any]:
     return body
 
 
-def _reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+def _reject_unknown(body: dict[str, Any], allowed: set[str], *, prefix: str = "") -> None:
     for name in body:
         if name not in allowed:
-            raise invalid_request(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+            param = f"{prefix}.{name}" if prefix else name
+            raise invalid_request(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
 
 
 def _call(request: web.Request) -> LocalCall:
@@ -397,10 +398,7 @@ async def create_client_secret(request: web.Request) -> web.Response:
             raise invalid_request(
                 "Invalid type for 'expires_after': expected an object.", param="expires_after"
             )
-        _reject_unknown(
-            {f"expires_after.{k}": v for k, v in expires_after.items()},
-            {"expires_after.anchor", "expires_after.seconds"},
-        )
+        _reject_unknown(expires_after, {"anchor", "seconds"}, prefix="expires_after")
         if expires_after.get("anchor", "created_at") != "created_at":
             raise invalid_request(
                 "Invalid value for 'expires_after.anchor': only 'created_at' is supported.",

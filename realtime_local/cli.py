@@ -27,7 +27,6 @@ from realtime_local.config import (
     DEFAULT_PORT,
     ConfigError,
     EngineConfig,
-    generate_webhook_secret,
 )
 
 logger = logging.getLogger("realtime_local")
@@ -123,14 +122,12 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tupl
     ice_servers: list[str] = args.ice_servers or [
         url.strip() for url in environ.get("REALTIME_LOCAL_ICE_SERVERS", "").split(",") if url.strip()
     ]
-    secret = args.webhook_secret or None
     config = EngineConfig(
         host=args.host,
         port=args.port,
         api_key=args.api_key,
         webhook_url=args.webhook_url or None,
-        webhook_secret=secret or generate_webhook_secret(),
-        webhook_secret_generated=secret is None,
+        webhook_secret=args.webhook_secret or "",
         max_calls=args.max_calls,
         idle_timeout=args.idle_timeout,
         accept_timeout=args.accept_timeout,

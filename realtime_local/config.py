@@ -45,7 +45,8 @@ class EngineConfig:
     api_key: str = DEFAULT_API_KEY
     webhook_url: str | None = None
     """Where `realtime.call.incoming` webhooks are POSTed; None: no webhooks are sent."""
-    webhook_secret: str = field(default_factory=generate_webhook_secret)
+    webhook_secret: str = ""
+    """`whsec_<base64>` signing secret; empty: one is generated (see `webhook_secret_generated`)."""
     webhook_secret_generated: bool = False
     """True when no secret was given and one was generated (then it is printed at start)."""
     max_calls: int = 4
@@ -74,6 +75,11 @@ class EngineConfig:
     """First retry delay; doubles each attempt (0.5, 1, 2, 4 s for 5 attempts)."""
     sweep_interval: float = 1.0
     """How often idle and unanswered calls are looked for."""
+
+    def __post_init__(self) -> None:
+        if not self.webhook_secret:
+            self.webhook_secret = generate_webhook_secret()
+            self.webhook_secret_generated = True
 
     def validate(self) -> None:
         """Refuse unsafe or nonsensical settings (raises `ConfigError` with a message for humans)."""
