@@ -67,7 +67,11 @@ _PLACE_PARAMS = {
     *("city", "location", "place", "town", "country", "region", "where", "destination", "address"),
     *("room", "area", "zone", "floor"),
 }
-_PLACE_AFTER = re.compile(r"\b(?:in|for|at|near|to|of)\s+(.+)$", re.IGNORECASE)
+# Places follow "in/at/near" (the last one wins: "set it to 40 in the kitchen"), else "for/to/of".
+_PLACE_AFTER = (
+    re.compile(r".*\b(?:in|at|near)\s+(.+)$", re.IGNORECASE),
+    re.compile(r".*\b(?:for|to|of)\s+(.+)$", re.IGNORECASE),
+)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -182,7 +186,7 @@ class RuleResponder:
     def _string_argument(self, heard: str, name: str) -> str:
         name_words = _name_words(name)
         if set(name_words) & _PLACE_PARAMS:
-            found = _PLACE_AFTER.search(heard)
+            found = _PLACE_AFTER[0].match(heard) or _PLACE_AFTER[1].match(heard)
             if found:
                 return re.sub(r"^(?:the|my|our|a)\s+", "", _clean_value(found.group(1)), flags=re.IGNORECASE)
         for word in name_words:
