@@ -43,6 +43,7 @@ CHROMIUM_FLAGS = [
 ]
 DEMO_USERNAME = "demo"
 DEMO_PASSWORD = "demo-password-for-screenshots"
+VISITOR_USERNAME = "visitor"  # signed up, not staff: sees the 403 page
 VIEWPORT_WIDTH, VIEWPORT_HEIGHT = 1280, 860
 SEED_COMMAND = "from scripts.screenshots import seed_demo_data; print(seed_demo_data())"
 
@@ -73,6 +74,7 @@ def seed_demo_data() -> str:
     from calls.models import AgentProfile, Call, Event, ToolInvocation, TranscriptTurn
 
     user = User.objects.create_superuser(DEMO_USERNAME, "demo@example.test", DEMO_PASSWORD)
+    User.objects.create_user(VISITOR_USERNAME, "visitor@example.test", DEMO_PASSWORD)
     agent = AgentProfile.objects.get(is_default=True)
     now = timezone.now().replace(microsecond=0)
 
@@ -338,6 +340,15 @@ def take_screenshots(server: DemoServer, browser: Browser, out_dir: Path) -> lis
     for summary in page.locator("#events summary").all()[:2]:
         summary.click()
     shot(page, "admin_call")
+    page.context.close()
+
+    page = new_page(browser)
+    page.goto(server.url("/accounts/login/"))
+    page.fill("#id_username", VISITOR_USERNAME)
+    page.fill("#id_password", DEMO_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("[data-testid=forbidden-reason]")
+    shot(page, "forbidden", full_page=False)
     page.context.close()
     return shots
 

@@ -13,6 +13,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from scripts.screenshots import (
     DEFAULT_OUT,
+    DEMO_PASSWORD,
+    VISITOR_USERNAME,
     DemoServer,
     chromium,
     demo_server,
@@ -136,9 +138,21 @@ def test_admin_call_page_shows_the_conversation_and_the_events(console: Page, se
     expect(payload).to_contain_text('"model": "gpt-realtime"')
 
 
+def test_a_non_staff_user_sees_the_403_page_after_signing_in(server: DemoServer, browser: Browser) -> None:
+    page = new_page(browser)
+    page.goto(server.url("/accounts/login/"))
+    page.fill("#id_username", VISITOR_USERNAME)
+    page.fill("#id_password", DEMO_PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("[data-testid=forbidden-reason]")).to_contain_text("for staff accounts")
+    expect(page.locator("#launch")).to_have_count(0)
+    page.context.close()
+
+
 def test_screenshots_of_every_page(server: DemoServer, browser: Browser) -> None:
     shots = take_screenshots(server, browser, DEFAULT_OUT)
     names = {path.stem for path in shots}
-    assert {"login", "console", "history", "call_transcript", "admin_calls", "admin_call"} <= names
+    expected = {"login", "console", "history", "call_transcript", "admin_calls", "admin_call", "forbidden"}
+    assert expected <= names
     for path in shots:
         assert Path(path).stat().st_size > 20_000, f"{path} looks empty"
