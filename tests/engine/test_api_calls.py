@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import aiohttp
 import pytest
 from svix.webhooks import Webhook, WebhookVerificationError
 
@@ -385,3 +386,33 @@ async def test_hundred_sequential_calls_leave_no_tasks_sockets_or_calls(
     assert _open_sockets() <= sockets_before
     health = await engine.http.get(f"http://127.0.0.1:{engine.port}/healthz")
     assert health.json()["calls_active"] == 0
+
+
+async def test_webrtc_calls_with_sidebands_leave_no_tasks_or_sockets(engine: RunningEngine) -> None:
+    async with aiohttp.ClientSession() as ws_client:
+
+        async def one_call() -> None:
+            created = await engine.http.post(
+                f"{engine.base_url}/realtime/calls",
+                content=await make_offer(),
+                headers={**engine.auth, "Content-Type": "application/sdp"},
+            )
+            assert created.status_code == 201, created.text
+            call_id = created.headers["Location"].rsplit("/", 1)[-1]
+            ws = await ws_client.ws_connect(f"{engine.ws_url}?call_id={call_id}", headers=engine.auth)
+            assert (await engine.control(call_id, "hangup")).status_code == 200
+            async with asyncio.timeout(5):
+                assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+            await ws.close()
+
+        await one_call()
+        await asyncio.sleep(0.2)
+        tasks_before = len(asyncio.all_tasks())
+        sockets_before = _open_sockets()
+        for _ in range(20):
+            await one_call()
+        await asyncio.sleep(0.5)
+
+    assert len(engine.state.calls) == 0
+    assert len(asyncio.all_tasks()) <= tasks_before
+    assert _open_sockets() <= sockets_before
