@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fractions
 import json
 import logging
@@ -39,17 +40,21 @@ FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 DATA_CHANNEL_LABEL = "oai-events"
 
 _loopback_installed = False
+_loopback_wanted: contextvars.ContextVar[bool] = contextvars.ContextVar("loopback_candidates", default=False)
 
 
-def enable_loopback_candidates() -> None:
-    """Make aioice offer 127.0.0.1 host candidates (it skips loopback on purpose).
+def offer_loopback_candidates(enabled: bool = True) -> None:
+    """Make ICE gathering started from the current context offer 127.0.0.1 host candidates.
 
-    Process-wide and idempotent: aioice reads `aioice.ice.get_host_addresses` at gathering time, so
-    wrapping it there is the one hook. Needed where the only interface is `lo` (loopback-only test
-    namespaces); harmless elsewhere (one more candidate).
+    aioice skips loopback on purpose; a loopback-only network namespace then has no candidate at
+    all. aioice reads `aioice.ice.get_host_addresses` at gathering time, so a wrapper installed
+    there (once, process-wide) adds 127.0.0.1 when this context variable says so. aiortc gathers
+    in tasks created from the caller's context, so the opt-in stays with the peer that asked for it
+    (the engine's `EngineRuntime.loopback_candidates`, or a test's own client).
     """
     global _loopback_installed
-    if _loopback_installed:
+    _loopback_wanted.set(enabled)
+    if _loopback_installed or not enabled:
         return
     import aioice.ice
 
@@ -57,7 +62,7 @@ def enable_loopback_candidates() -> None:
 
     def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         addresses = original(use_ipv4, use_ipv6)
-        if use_ipv4 and "127.0.0.1" not in addresses:
+        if use_ipv4 and _loopback_wanted.get() and "127.0.0.1" not in addresses:
             addresses.append("127.0.0.1")
         return addresses
 
@@ -254,8 +259,7 @@ class MediaPeer:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the offer and return the answer SDP with host candidates (no STUN wait)."""
-        if self.runtime.loopback_candidates:
-            enable_loopback_candidates()
+        offer_loopback_candidates(self.runtime.loopback_candidates)
         pc = self.pc
 
         @pc.on("datachannel")

@@ -34,7 +34,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from realtime_local.app import create_app
 from realtime_local.call import EngineRuntime
 from realtime_local.config import EngineConfig
-from realtime_local.media import Resampler
+from realtime_local.media import Resampler, offer_loopback_candidates
 
 API_KEY = "sk-local-media"
 RATE = 48_000
@@ -265,6 +265,8 @@ async def connected_client(
 ) -> AsyncIterator[tuple[RealtimeTestClient, str, float]]:
     """A client connected through HTTP; yields (client, call id, offer->answer ms)."""
     client = RealtimeTestClient()
+    # the client offers loopback candidates too when the engine does (loopback-only namespaces)
+    offer_loopback_candidates(engine.runtime.loopback_candidates)
     try:
         offer = await client.offer()
         started = time.perf_counter()
