@@ -100,13 +100,12 @@ def create_app(config: EngineConfig, runtime: EngineRuntime | None = None) -> we
     """
     config.validate()
     preset = runtime is not None
-    engine = Engine(
-        config=config,
-        runtime=runtime
-        or EngineRuntime(
+    if runtime is None:
+        runtime = EngineRuntime(
             speech=None, ice_servers=list(config.ice_servers), loopback_candidates=config.loopback_candidates
-        ),
-        keys=EphemeralKeyStore(max_outstanding=config.max_client_secrets),
+        )
+    engine = Engine(
+        config=config, runtime=runtime, keys=EphemeralKeyStore(max_outstanding=config.max_client_secrets)
     )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_api_errors])
     app[ENGINE] = engine

@@ -138,3 +138,23 @@ def test_healthz_is_503_while_speech_loads_then_200() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(20)
+
+
+async def test_create_app_with_a_given_runtime_works_with_aiohttp_test_utilities() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from realtime_local.app import ENGINE, create_app
+    from realtime_local.call import EngineRuntime
+
+    runtime = EngineRuntime(speech=None, ice_servers=[], loopback_candidates=True)
+    app = create_app(EngineConfig(speech=True), runtime)  # speech=True is moot: the runtime is given
+    async with TestClient(TestServer(app)) as client:
+        health = await client.get("/healthz")
+        assert health.status == 200
+        assert (await health.json())["speech"] == "disabled"
+        created = await client.post(
+            "/v1/realtime/_local/incoming_calls", headers={"Authorization": "Bearer sk-local"}
+        )
+        assert created.status == 201
+        call = app[ENGINE].calls.get((await created.json())["call_id"])
+        assert call.runtime is runtime
