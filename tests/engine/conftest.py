@@ -71,6 +71,16 @@ class RunningEngine:
 StartEngine = Callable[..., Awaitable[RunningEngine]]
 
 
+def assert_error_shape(body: dict[str, object]) -> dict[str, object]:
+    """The API's error object: exactly message, type, code, param."""
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert set(error) == {"message", "type", "code", "param"}
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
 @pytest.fixture
 async def start_engine() -> AsyncIterator[StartEngine]:
     """Factory: start an engine with `EngineConfig` overrides; all are stopped after the test."""

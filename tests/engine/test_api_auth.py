@@ -8,19 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.engine.conftest import RunningEngine, StartEngine, make_offer
+from tests.engine.conftest import RunningEngine, StartEngine, assert_error_shape, make_offer
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def assert_error_shape(body: dict[str, object]) -> dict[str, object]:
-    """The API's error object: exactly message, type, code, param."""
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert isinstance(error, dict)
-    assert set(error) == {"message", "type", "code", "param"}
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 async def test_missing_key_is_401_with_the_api_error_shape(engine: RunningEngine) -> None:

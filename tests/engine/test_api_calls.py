@@ -14,8 +14,14 @@ import aiohttp
 import pytest
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from tests.engine.conftest import WEBHOOK_SECRET, RunningEngine, StartEngine, WebhookReceiver, make_offer
-from tests.engine.test_api_auth import assert_error_shape
+from tests.engine.conftest import (
+    WEBHOOK_SECRET,
+    RunningEngine,
+    StartEngine,
+    WebhookReceiver,
+    assert_error_shape,
+    make_offer,
+)
 
 # ---- WebRTC call creation -------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.engine.conftest import RunningEngine, StartEngine
-from tests.engine.test_api_auth import assert_error_shape
+from tests.engine.conftest import RunningEngine, StartEngine, assert_error_shape
 
 
 @pytest.fixture
