@@ -306,7 +306,10 @@ class StreamingTranscription:
             else:
                 due = time.monotonic() - last_run_at >= self.interval_s
                 grown = len(snap.audio) > last_length and len(snap.audio) >= self._min_partial
-                should_run = due and grown
+                # While the speech probability dips, a pause (and its run) may be a window away:
+                # starting a periodic partial now would make that run, the one finish() reuses, wait.
+                hearing = self._detector.last_probability >= self._detector.config.threshold
+                should_run = due and grown and hearing
             if should_run:
                 last_run_at = time.monotonic()
                 last_length, last_end = len(snap.audio), snap.end_sample
