@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -226,7 +227,7 @@ class Session:
         self._speech_item_id: str | None = None
         self._partial_sent: dict[str, str] = {}
         #: turn latency figures (end of speech -> first audio frame), for logs and benchmarks
-        self.turn_latencies_ms: list[float] = []
+        self.turn_latencies_ms: deque[float] = deque(maxlen=100)
         self._speech_stopped_at: float | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -996,6 +997,9 @@ class Session:
                 await out.wait_room(MAX_AUDIO_AHEAD_S)
                 if not response.audio_started:
                     response.audio_started = True
+                    previous = out.clear()  # audio of an earlier response still queued
+                    if previous is not None:
+                        self._emit({"type": "output_audio_buffer.cleared", "response_id": previous[0]})
                     out.begin(response.id)
                 out.push(pcm)
                 response.samples += len(pcm)
