@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -168,8 +169,17 @@ class InputPipeline:
             self._detector.reset()
 
         def transcribe() -> str:
+            started = time.perf_counter()
             if stream is not None and not forced:
-                return stream.finish()
-            return transcriber.transcribe(audio, language=language)
+                text = stream.finish()
+            else:
+                text = transcriber.transcribe(audio, language=language)
+            logger.info(
+                "utterance of %.2f s transcribed in %.0f ms (streaming reuse: %s)",
+                duration,
+                (time.perf_counter() - started) * 1000,
+                getattr(stream, "last_finish_reused", None),
+            )
+            return text
 
         self._on_stopped(audio_ms, transcribe, duration)

@@ -137,6 +137,7 @@ class MicrophoneTrack(MediaStreamTrack):
         self._timestamp = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.last_speech_sent_at = 0.0  # time.monotonic() when the last queued frame was sent
 
     def say(self, pcm48: np.ndarray) -> None:
         """Queue speech; whole 20 ms frames (the tail is padded with silence)."""
@@ -157,6 +158,7 @@ class MicrophoneTrack(MediaStreamTrack):
                 await asyncio.sleep(wait)
         if self._queue:
             samples = self._queue.popleft()
+            self.last_speech_sent_at = time.monotonic()
         else:
             samples = np.zeros(FRAME, dtype=np.int16)
             self.idle.set()
@@ -180,6 +182,8 @@ class RealtimeTestClient:
         self._changed = asyncio.Event()
         self._opened = asyncio.Event()
         self.received: list[np.ndarray] = []  # 48 kHz mono, as decoded
+        self.first_voice_at: float | None = None  # first loud received frame since `listen()`
+        self._listening = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.channel.on("message", self._on_message)
         self.channel.on("open", self._opened.set)
@@ -202,7 +206,10 @@ class RealtimeTestClient:
             except MediaStreamError:
                 return
             for out in resampler.resample(frame):
-                self.received.append(out.to_ndarray().reshape(-1).copy())
+                pcm = out.to_ndarray().reshape(-1).copy()
+                self.received.append(pcm)
+                if self._listening and self.first_voice_at is None and rms(pcm) > 300:
+                    self.first_voice_at = time.monotonic()
             if len(self.received) > 20_000:  # bounded (~7 min of frames)
                 del self.received[:1000]
 
@@ -219,6 +226,11 @@ class RealtimeTestClient:
 
     def send(self, event: dict[str, Any]) -> None:
         self.channel.send(json.dumps(event))
+
+    def listen(self) -> None:
+        """Start watching for the next loud audio from the engine (sets `first_voice_at`)."""
+        self.first_voice_at = None
+        self._listening = True
 
     def seconds_between(self, first: dict[str, Any], second: dict[str, Any]) -> float:
         """Client-side time between the arrival of two received events."""
