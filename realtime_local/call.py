@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from realtime_local.events import new_event_id
 from realtime_local.session import Session
+from realtime_local.speech.base import Pcm16
 
 if TYPE_CHECKING:
-    from realtime_local.media import MediaPeer
+    from realtime_local.media import MediaPeer, OutboundAudioTrack
     from realtime_local.pipeline import SpeechStack
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,30 @@ class LocalCall:
         """End the call (idempotent): cancels its tasks, closes the peer, sets `ended`."""
         await self._end(reason)
 
+    # ---- media bridging (SIP-style calls; WebRTC calls use media.MediaPeer) ------------------------
+
+    def feed_input_audio(self, pcm16k: Pcm16) -> None:
+        """Caller audio for this call, 16 kHz mono int16 (e.g. decoded G.711 from an RTP bridge)."""
+        self._touch()
+        self._session.feed_input_audio(pcm16k)
+
+    def open_audio_output(self) -> OutboundAudioTrack:
+        """The assistant's voice for a non-WebRTC bridge: `await track.recv()` returns paced 20 ms
+        frames of 48 kHz mono (silence when nothing is said); the session emits the
+        output_audio_buffer events and truncates on barge-in from what was read."""
+        from realtime_local.media import OutboundAudioTrack
+
+        track = OutboundAudioTrack(
+            on_started=self._session.on_output_started, on_stopped=self._session.on_output_stopped
+        )
+        self._session.audio_out = track
+        return track
+
     # ---- internals --------------------------------------------------------------------------------
+
+    def start_session(self) -> None:
+        """Media is up: emit `session.created` (once) and start listening."""
+        self._session.start()
 
     def bind_data_channel(self, send: Callable[[ServerEvent], None]) -> None:
         """The data channel opened: send `session.created` first, then anything emitted before."""
@@ -246,8 +270,8 @@ async def start_webrtc_call(
 def new_incoming_call(
     *, call_id: str, runtime: EngineRuntime, sip_headers: list[dict[str, str]]
 ) -> LocalCall:
-    """A SIP-style call waiting for `accept` or `reject`. Its media is bridged later by the SIP side
-    through `LocalCall.session_audio` (feed inbound 16 kHz audio, read outbound audio)."""
+    """A SIP-style call waiting for `accept` or `reject`. A media bridge (the SIP side) feeds caller
+    audio with `LocalCall.feed_input_audio` and reads the reply from `LocalCall.open_audio_output()`."""
     call = LocalCall(
         call_id=call_id, kind="sip", runtime=runtime, session={}, state="incoming", sip_headers=sip_headers
     )

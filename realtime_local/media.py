@@ -275,7 +275,9 @@ class MediaPeer:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed") and not self._closed:
+            if pc.connectionState == "connected":
+                self.call.start_session()  # also without a data channel (audio-only clients)
+            elif pc.connectionState in ("failed", "closed") and not self._closed:
                 self.call.peer_closed()
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
