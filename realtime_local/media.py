@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 OUTPUT_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 DATA_CHANNEL_LABEL = "oai-events"
+#: Bytes queued on the data channel beyond which server events are dropped (a stuck browser).
+MAX_CHANNEL_BUFFER = 8 * 1024 * 1024
 
 _loopback_installed = False
 _loopback_wanted: contextvars.ContextVar[bool] = contextvars.ContextVar("loopback_candidates", default=False)
@@ -294,8 +296,13 @@ class MediaPeer:
         session = self.session
 
         def send(event: dict[str, Any]) -> None:
-            if channel.readyState == "open":
-                channel.send(json.dumps(event))
+            if channel.readyState != "open":
+                return
+            if channel.bufferedAmount > MAX_CHANNEL_BUFFER:
+                # the browser stopped reading: drop rather than grow SCTP's queue without bound
+                logger.warning("call %s: data channel backlog full; dropping %s", self.call.id, event["type"])
+                return
+            channel.send(json.dumps(event))
 
         @channel.on("message")  # type: ignore[untyped-decorator]
         def on_message(message: Any) -> None:

@@ -341,6 +341,8 @@ class Session:
         sent = self._partial_sent.get(item_id, "")
         if text.startswith(sent) and len(text) > len(sent):
             self._partial_sent[item_id] = text
+            while len(self._partial_sent) > 8:  # utterances whose turn never finished
+                del self._partial_sent[next(iter(self._partial_sent))]
             self._emit(
                 {
                     "type": "conversation.item.input_audio_transcription.delta",
