@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect
 
 from scripts.screenshots import (
     DEFAULT_OUT,
@@ -40,10 +40,23 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def console(server: DemoServer, browser: Browser) -> Iterator[Page]:
+    """A signed-in console page; the test fails if the page logs a JavaScript or network error."""
     page = new_page(browser)
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"{message.text} ({message.location.get('url')})")
+
+    def on_page_error(error: Error) -> None:
+        errors.append(f"uncaught: {error}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
     sign_in(page, server)
     yield page
     page.context.close()
+    assert errors == []
 
 
 def _log_lines(page: Page) -> list[str]:

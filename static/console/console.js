@@ -1,18 +1,20 @@
 // Entry point of the console page: wires the UI, the duration clock and the activity log to a
 // session controller. The call flow itself lives in a `callClient` (added by the web-calls work):
 //
-//   callClient.start({ mode, log, onState, onLocalStream, onRemoteStream }) -> Promise<session>
+//   callClient.start({ mode, config, log, onState, onLocalStream, onRemoteStream }) -> Promise<session>
 //   session.end() -> Promise<void>            // idempotent; must release every media track
 //
 // onState("active") starts the clock; onState("ended" | "error", detail) returns to idle.
+// `config` is the page's #console-config JSON (modes, default mode, which engine serves calls).
 
 import { ActivityLog } from "./activity-log.js";
 import { DurationClock } from "./clock.js";
 import { ConsoleUI } from "./ui.js";
 
 export class SessionController {
-  constructor({ ui, clock, log, callClient = null }) {
+  constructor({ ui, clock, log, callClient = null, config = {} }) {
     this.ui = ui;
+    this.config = config;
     this.clock = clock;
     this.log = log;
     this.callClient = callClient;
@@ -47,6 +49,7 @@ export class SessionController {
     try {
       const session = await this.callClient.start({
         mode,
+        config: this.config,
         log: this.log,
         onState: (state, detail) => attempt === this.attempt && this.#onSessionState(state, detail),
         onLocalStream: (stream) => attempt === this.attempt && this.ui.showPreview(stream, "Local"),
@@ -103,11 +106,14 @@ export class SessionController {
 
 /** Build the console on this page. `callClient` is optional until the call flow exists. */
 export function startConsole({ callClient = null, root = document } = {}) {
+  const configElement = root.querySelector("#console-config");
+  const config = configElement ? JSON.parse(configElement.textContent) : {};
   const ui = new ConsoleUI(root);
+  if (config.defaultMode) ui.selectMode(config.defaultMode);
   const clock = new DurationClock(root.querySelector("#duration"));
   const log = new ActivityLog(root.querySelector("#activity"));
-  const controller = new SessionController({ ui, clock, log, callClient });
-  log.log("Ready", "console loaded");
+  const controller = new SessionController({ ui, clock, log, callClient, config });
+  log.log("Ready", `console loaded (${config.engine === "openai" ? "OpenAI Realtime" : "local engine"})`);
   document.documentElement.dataset.consoleReady = "true";
   return controller;
 }
