@@ -74,6 +74,24 @@ def test_serve_fails_clearly_when_the_engine_exits(tmp_path: Path) -> None:
     assert "voiceagent is serving" not in done.stdout
 
 
+def test_serve_fails_clearly_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            _manage("serve", "--no-engine", "--port", str(port)),
+            cwd=REPO,
+            env=_serve_env(engine_port=free_port(), tmp_path=tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0
+    assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "voiceagent is serving" not in done.stdout
+
+
 @pytest.mark.speech
 def test_serve_starts_the_engine_and_sigterm_stops_both(tmp_path: Path) -> None:
     engine_port, web_port = free_port(), free_port()

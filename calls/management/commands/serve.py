@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from daphne.server import Server
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
@@ -113,6 +114,24 @@ class LocalEngineProcess:
             process.wait(timeout=5)
 
 
+class ReportingServer(Server):  # type: ignore[misc]
+    """daphne's Server that says when it really listens (daphne's ready_callable runs before the bind)
+    and remembers a failed bind, which daphne only logs before stopping."""
+
+    def __init__(self, *args: Any, on_listening: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_listening = on_listening
+        self.listen_failure: str | None = None
+
+    def listen_success(self, port: Any) -> None:
+        super().listen_success(port)
+        self.on_listening()
+
+    def listen_error(self, failure: Any) -> None:
+        self.listen_failure = str(failure.getErrorMessage())
+        super().listen_error(failure)
+
+
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM before the server runs: unwind like Ctrl-C so the engine child is stopped too."""
     raise KeyboardInterrupt
@@ -190,29 +209,31 @@ class Command(BaseCommand):
 
     def serve(self, *, host: str, port: int) -> None:
         """Run daphne until Ctrl-C/SIGTERM (daphne installs its own handlers for both)."""
-        # Imported here: loading the ASGI app builds the middleware, after collectstatic has run.
         from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
 
+        # Imported here: loading the ASGI app builds the middleware, after collectstatic has run.
         from voiceagent.asgi import application
 
         display_host = f"[{host}]" if ":" in host else host
         base_url = f"http://{display_host}:{port}"
 
-        def ready() -> None:
+        def listening() -> None:
             self.stdout.write(
                 self.style.SUCCESS(f"voiceagent is serving on {base_url}/  (admin: {base_url}/admin/)")
             )
             self.stdout.write("Press Ctrl-C to stop.")
 
-        Server(
+        server = ReportingServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             signal_handlers=True,
             action_logger=self.log_action,
-            ready_callable=ready,
             verbosity=0,
-        ).run()
+            on_listening=listening,
+        )
+        server.run()
+        if server.listen_failure is not None:
+            raise CommandError(f"Cannot listen on {host}:{port}: {server.listen_failure}")
 
     def log_action(self, protocol: str, action: str, details: dict[str, Any]) -> None:
         """One access-log line per finished request or WebSocket."""
