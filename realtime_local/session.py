@@ -125,6 +125,8 @@ class _Response:
     audio_started: bool = False
     truncated_text: str | None = None
     usage: dict[str, Any] | None = None
+    created_sent: bool = False
+    done_sent: bool = False
 
     @property
     def audio(self) -> bool:
@@ -849,6 +851,7 @@ class Session:
         }
 
     async def _run_response(self, response: _Response) -> None:
+        response.created_sent = True
         self._emit({"type": "response.created", "response": self._response_object(response)})
         try:
             await self._generate(response)
@@ -1123,6 +1126,7 @@ class Session:
             "input_token_details": {"text_tokens": input_tokens, "audio_tokens": 0, "cached_tokens": 0},
             "output_token_details": {"text_tokens": text_tokens, "audio_tokens": audio_tokens},
         }
+        response.done_sent = True
         if response.status == "completed":
             response.status_details = None
         self._emit({"type": "response.done", "response": self._response_object(response)})
@@ -1149,6 +1153,17 @@ class Session:
         response.status_details = {"type": "cancelled", "reason": reason}
         response.task.cancel()
         await asyncio.gather(response.task, return_exceptions=True)
+        self._finish_unstarted(response)
+
+    def _finish_unstarted(self, response: _Response) -> None:
+        """A response cancelled before its task ever ran still gets created/done (and frees the slot)."""
+        if response.done_sent:
+            return
+        if not response.created_sent:
+            response.created_sent = True
+            self._emit({"type": "response.created", "response": self._response_object(response)})
+        response.status = "cancelled"
+        self._finish_response(response)
 
     def _truncate_item(self, item: dict[str, Any], response: _Response | None, audio_end_ms: int) -> None:
         if response is None:
@@ -1178,6 +1193,7 @@ class Session:
                 truncated = (item, played_ms)
         if response is not None and response.task is not None:
             await asyncio.gather(response.task, return_exceptions=True)
+            self._finish_unstarted(response)
         if truncated is not None:
             item, played_ms = truncated
             self._emit(

@@ -6,6 +6,7 @@ shapes, not just the type names, must be what OpenAI's clients expect.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from realtime_local.call import EngineRuntime
+from realtime_local.call import EngineRuntime, new_incoming_call
+from realtime_local.events import new_rtc_call_id
+from realtime_local.schemas import validate_session
 from tests.engine.fixtures_media import RealtimeTestClient, ServedEngine, connected_client, serve_engine
 
 pytestmark = pytest.mark.timeout(60)
@@ -201,3 +204,44 @@ async def test_second_response_create_while_active_is_refused(client: RealtimeTe
     assert error["error"]["code"] == "conversation_already_has_active_response"
     assert error["error"]["event_id"] == "evt_second"
     await client.wait_for("response.done", after=start)
+
+
+class Recorder:
+    """An attached event sink, as the sideband is."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    async def wait_count(self, kind: str, count: int) -> None:
+        while [e["type"] for e in self.events].count(kind) < count:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def test_cancel_before_the_response_ever_ran_still_closes_it_and_frees_the_slot() -> None:
+    call = new_incoming_call(call_id=new_rtc_call_id(), runtime=EngineRuntime(), sip_headers=[])
+    recorder = Recorder()
+    call.attach(recorder)
+    try:
+        await call.accept(validate_session({"type": "realtime"}))
+        await call.handle_client_event(user_text("tell me a long story"))
+        # back to back, no await in between that would let the response task start
+        await call.handle_client_event({"type": "response.create"})
+        await call.handle_client_event({"type": "response.cancel"})
+        await call.handle_client_event({"type": "response.create", "event_id": "evt_after"})
+        async with asyncio.timeout(10):
+            await recorder.wait_count("response.done", 2)
+        dones = [e["response"] for e in recorder.events if e["type"] == "response.done"]
+        assert [d["status"] for d in dones] == ["cancelled", "completed"]
+        assert dones[0]["status_details"]["reason"] == "client_cancelled"
+        assert not [e for e in recorder.events if e["type"] == "error"]
+        created = [e["response"]["id"] for e in recorder.events if e["type"] == "response.created"]
+        assert created == [d["id"] for d in dones]
+        assert_sdk_valid(recorder.events)
+    finally:
+        await call.hangup()
