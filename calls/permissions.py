@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponseBase
@@ -34,8 +34,6 @@ def staff_required(view: View) -> View:
         @wraps(view)
         async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             # request.user is lazy; resolving it touches the session, so do it off the event loop.
-            from asgiref.sync import sync_to_async
-
             denied = await sync_to_async(_check)(request)
             return denied if denied is not None else await async_view(request, *args, **kwargs)
 
