@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
+from asgiref.sync import iscoroutinefunction
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.test import AsyncRequestFactory, Client
 
-from calls.permissions import NOT_STAFF_MESSAGE
+from calls.permissions import NOT_STAFF_MESSAGE, staff_required
 from tests.factories import PASSWORD, StaffUserFactory
 
 pytestmark = pytest.mark.django_db
@@ -96,3 +99,32 @@ def test_session_cookie_is_httponly_and_lax(client: Client, staff_user: User) ->
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Lax"
     assert cookie["secure"] is True  # the test settings run with DEBUG off
+
+
+async def _async_page(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("async ok")
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"), [("staff", 200), ("plain", 403), ("anonymous", 302)], ids=lambda v: str(v)
+)
+async def test_staff_required_guards_async_views_too(
+    who: str, expected: int, staff_user: User, plain_user: User
+) -> None:
+    view = staff_required(_async_page)
+    assert iscoroutinefunction(view)
+    request = AsyncRequestFactory().get("/async-page/")
+    users: dict[str, User | AnonymousUser] = {
+        "staff": staff_user,
+        "plain": plain_user,
+        "anonymous": AnonymousUser(),
+    }
+    request.user = users[who]
+    if expected == 403:
+        with pytest.raises(PermissionDenied, match="staff accounts"):
+            await view(request)
+        return
+    response = await view(request)
+    assert response.status_code == expected
+    if expected == 302:
+        assert response["Location"] == "/accounts/login/?next=/async-page/"
