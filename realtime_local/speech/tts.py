@@ -78,6 +78,8 @@ class PiperSynthesizer:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Idle pool threads must not spin: they would steal the cores Whisper is using.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         with config_path.open(encoding="utf-8") as handle:
             config = PiperConfig.from_dict(json.load(handle))
         session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
