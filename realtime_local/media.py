@@ -249,6 +249,7 @@ class MediaPeer:
         self.session = session
         self.runtime = runtime
         servers = [RTCIceServer(urls=url) for url in runtime.ice_servers]
+        offer_loopback_candidates(runtime.loopback_candidates)  # before the peer copies the context
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self.track = OutboundAudioTrack(
             on_started=session.on_output_started, on_stopped=session.on_output_stopped
@@ -261,7 +262,7 @@ class MediaPeer:
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the offer and return the answer SDP with host candidates (no STUN wait)."""
-        offer_loopback_candidates(self.runtime.loopback_candidates)
+        offer_loopback_candidates(self.runtime.loopback_candidates)  # this task's gathering
         pc = self.pc
 
         @pc.on("datachannel")

@@ -41,7 +41,7 @@ def assert_sdk_valid(events: list[dict[str, Any]]) -> None:
 
 @pytest.fixture
 async def text_engine() -> AsyncIterator[ServedEngine]:
-    async with serve_engine(EngineRuntime(speech=None)) as engine:
+    async with serve_engine(EngineRuntime(speech=None, loopback_candidates=True)) as engine:
         yield engine
 
 

@@ -12,13 +12,17 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from realtime_local.call import EngineRuntime, start_webrtc_call
 from realtime_local.events import new_rtc_call_id
+from realtime_local.media import offer_loopback_candidates
 from realtime_local.schemas import validate_session
 from tests.engine.fixtures_media import RealtimeTestClient
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def offer_with_video() -> tuple[RTCPeerConnection, str]:
+async def offer_with_video(*, loopback: bool = False) -> tuple[RTCPeerConnection, str]:
+    """A browser-like offer; with `loopback`, it carries 127.0.0.1 candidates (without any candidate,
+    aioice on the answering side prunes every component and gathers nothing)."""
+    offer_loopback_candidates(loopback)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("audio", direction="sendrecv")
     pc.addTransceiver("video", direction="sendrecv")
@@ -56,7 +60,7 @@ async def test_answer_has_sendrecv_opus_audio_and_inactive_video() -> None:
 
 
 async def test_loopback_candidates_are_offered_when_opted_in() -> None:
-    pc, offer = await offer_with_video()
+    pc, offer = await offer_with_video(loopback=True)
     try:
         call, answer = await start_webrtc_call(
             call_id=new_rtc_call_id(),
@@ -72,7 +76,7 @@ async def test_loopback_candidates_are_offered_when_opted_in() -> None:
 
 
 async def test_loopback_opt_in_stays_with_the_peer_that_asked() -> None:
-    pc, offer = await offer_with_video()
+    pc, offer = await offer_with_video(loopback=True)
     try:
         opted, answer = await start_webrtc_call(
             call_id=new_rtc_call_id(),
@@ -98,6 +102,7 @@ async def test_loopback_opt_in_stays_with_the_peer_that_asked() -> None:
 
 
 async def test_call_ends_when_the_browser_goes_away() -> None:
+    offer_loopback_candidates(True)  # works in loopback-only namespaces too
     client = RealtimeTestClient()
     call_ref: dict[str, Any] = {}
     try:
@@ -105,7 +110,7 @@ async def test_call_ends_when_the_browser_goes_away() -> None:
             call_id=new_rtc_call_id(),
             offer_sdp=await client.offer(),
             session=validate_session({}),
-            runtime=EngineRuntime(),
+            runtime=EngineRuntime(loopback_candidates=True),
         )
         call_ref["call"] = call
         await client.set_answer(answer)
