@@ -114,3 +114,28 @@ async def test_clear_drops_appended_audio(client: RealtimeTestClient) -> None:
     client.send({"type": "input_audio_buffer.commit"})
     error = await client.wait_for("error", after=start)
     assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+
+
+async def test_text_modality_answers_in_text_even_with_speech_loaded(client: RealtimeTestClient) -> None:
+    start = len(client.events)
+    client.send({"type": "session.update", "session": {"output_modalities": ["text"]}})
+    await client.wait_for("session.updated", after=start)
+    client.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "hello there"}],
+            },
+        }
+    )
+    client.send({"type": "response.create"})
+    done = await client.wait_for("response.done", after=start)
+    assert done["response"]["output_modalities"] == ["text"]
+    assert done["response"]["output"][0]["content"][0]["type"] == "output_text"
+    types = client.types()[start:]
+    assert "response.output_text.delta" in types
+    assert (
+        "output_audio_buffer.started" not in types and "response.output_audio_transcript.delta" not in types
+    )
