@@ -1,4 +1,4 @@
-"""Ids and small builders for the Realtime API's server events and conversation items.
+"""Ids, the `error` event, and conversation items: client items validated, items as responder turns.
 
 Ids look like OpenAI's (`event_…`, `item_…`, `resp_…`, `call_…`) so that clients which pattern-match
 them (the agents SDK, our observer) treat local ids like real ones.
@@ -6,9 +6,12 @@ them (the agents SDK, our observer) treat local ids like real ones.
 
 from __future__ import annotations
 
+import copy
 import secrets
 import string
 from typing import Any
+
+from realtime_local.speech.base import ConversationTurn
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -61,3 +64,104 @@ def error_event(
             "event_id": client_event_id,
         },
     }
+
+
+class InvalidClientEvent(Exception):
+    """A client event the session refuses; becomes an `error` server event."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def normalize_item(raw: dict[str, Any]) -> dict[str, Any]:
+    """A client-supplied conversation item in the stored GA shape; raises InvalidClientEvent."""
+    kind = raw.get("type")
+    item_id = raw.get("id") or new_item_id()
+    if not isinstance(item_id, str):
+        raise InvalidClientEvent("Invalid type for 'item.id'.", param="item.id")
+    base = {"id": item_id, "object": "realtime.item", "status": "completed"}
+    if kind == "message":
+        role = raw.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise InvalidClientEvent(
+                f"Invalid value for 'item.role': {role!r}.", param="item.role", code="invalid_value"
+            )
+        content = raw.get("content")
+        if not isinstance(content, list) or not content:
+            raise InvalidClientEvent(
+                "Missing required parameter: 'item.content'.",
+                param="item.content",
+                code="missing_required_parameter",
+            )
+        allowed = {
+            "user": {"input_text", "input_audio", "input_image"},
+            "system": {"input_text"},
+            "assistant": {"output_text", "output_audio", "text"},
+        }[role]
+        parts: list[dict[str, Any]] = []
+        for index, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in allowed:
+                raise InvalidClientEvent(
+                    f"Invalid value for 'item.content[{index}].type'.",
+                    param=f"item.content[{index}].type",
+                    code="invalid_value",
+                )
+            parts.append(copy.deepcopy(part))
+        return {**base, "type": "message", "role": role, "content": parts}
+    if kind == "function_call_output":
+        call_id, output = raw.get("call_id"), raw.get("output")
+        if not isinstance(call_id, str) or not isinstance(output, str):
+            raise InvalidClientEvent(
+                "function_call_output items need string 'call_id' and 'output'.",
+                param="item.call_id" if not isinstance(call_id, str) else "item.output",
+                code="invalid_value",
+            )
+        return {**base, "type": "function_call_output", "call_id": call_id, "output": output}
+    if kind == "function_call":
+        name, arguments = raw.get("name"), raw.get("arguments", "")
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            raise InvalidClientEvent(
+                "function_call items need 'name' and 'arguments'.",
+                param="item.name",
+                code="invalid_value",
+            )
+        call_id = raw.get("call_id") or new_function_call_id()
+        return {**base, "type": "function_call", "name": name, "arguments": arguments, "call_id": call_id}
+    raise InvalidClientEvent(
+        f"Invalid value for 'item.type': {kind!r}.", param="item.type", code="invalid_value"
+    )
+
+
+def conversation_turns(items: list[dict[str, Any]]) -> list[ConversationTurn]:
+    """What the responder sees of these items (text only, oldest first)."""
+    turns: list[ConversationTurn] = []
+    for item in items:
+        kind = item.get("type")
+        if kind == "message":
+            text = " ".join(
+                str(part.get("text") or part.get("transcript") or "")
+                for part in item.get("content", [])
+                if isinstance(part, dict)
+            ).strip()
+            turns.append(ConversationTurn(role=item["role"], text=text))
+        elif kind == "function_call":
+            turns.append(
+                ConversationTurn(
+                    role="function_call",
+                    name=item.get("name", ""),
+                    call_id=item.get("call_id", ""),
+                    arguments=item.get("arguments", ""),
+                )
+            )
+        elif kind == "function_call_output":
+            turns.append(
+                ConversationTurn(
+                    role="function_call_output",
+                    text=item.get("output", ""),
+                    call_id=item.get("call_id", ""),
+                )
+            )
+    return turns

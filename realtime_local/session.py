@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from realtime_local.events import error_event, new_function_call_id, new_item_id, new_response_id
+from realtime_local.events import (
+    InvalidClientEvent,
+    conversation_turns,
+    error_event,
+    new_function_call_id,
+    new_item_id,
+    new_response_id,
+    normalize_item,
+)
 from realtime_local.speech.base import (
     INPUT_SAMPLE_RATE,
     ConversationTurn,
@@ -79,16 +87,6 @@ class AudioOutput(Protocol):
 
     @property
     def current_response_id(self) -> str | None: ...
-
-
-class InvalidClientEvent(Exception):
-    """A client event the session refuses; becomes an `error` server event."""
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
 
 
 @dataclass
@@ -518,7 +516,7 @@ class Session:
             raise InvalidClientEvent(
                 "Missing required parameter: 'item'.", param="item", code="missing_required_parameter"
             )
-        item = self._normalize_item(raw)
+        item = normalize_item(raw)
         previous = event.get("previous_item_id")
         if previous is not None and previous != "root" and previous not in self.items:
             raise InvalidClientEvent(
@@ -534,63 +532,6 @@ class Session:
             item,
             previous_item_id=previous if previous is not None else self._last_item_id(),
             position=previous,
-        )
-
-    def _normalize_item(self, raw: dict[str, Any]) -> dict[str, Any]:
-        kind = raw.get("type")
-        item_id = raw.get("id") or new_item_id()
-        if not isinstance(item_id, str):
-            raise InvalidClientEvent("Invalid type for 'item.id'.", param="item.id")
-        base = {"id": item_id, "object": "realtime.item", "status": "completed"}
-        if kind == "message":
-            role = raw.get("role")
-            if role not in ("user", "assistant", "system"):
-                raise InvalidClientEvent(
-                    f"Invalid value for 'item.role': {role!r}.", param="item.role", code="invalid_value"
-                )
-            content = raw.get("content")
-            if not isinstance(content, list) or not content:
-                raise InvalidClientEvent(
-                    "Missing required parameter: 'item.content'.",
-                    param="item.content",
-                    code="missing_required_parameter",
-                )
-            allowed = {
-                "user": {"input_text", "input_audio", "input_image"},
-                "system": {"input_text"},
-                "assistant": {"output_text", "output_audio", "text"},
-            }[role]
-            parts: list[dict[str, Any]] = []
-            for index, part in enumerate(content):
-                if not isinstance(part, dict) or part.get("type") not in allowed:
-                    raise InvalidClientEvent(
-                        f"Invalid value for 'item.content[{index}].type'.",
-                        param=f"item.content[{index}].type",
-                        code="invalid_value",
-                    )
-                parts.append(copy.deepcopy(part))
-            return {**base, "type": "message", "role": role, "content": parts}
-        if kind == "function_call_output":
-            call_id, output = raw.get("call_id"), raw.get("output")
-            if not isinstance(call_id, str) or not isinstance(output, str):
-                raise InvalidClientEvent(
-                    "function_call_output items need string 'call_id' and 'output'.",
-                    param="item.call_id" if not isinstance(call_id, str) else "item.output",
-                    code="invalid_value",
-                )
-            return {**base, "type": "function_call_output", "call_id": call_id, "output": output}
-        if kind == "function_call":
-            name, arguments = raw.get("name"), raw.get("arguments", "")
-            if not isinstance(name, str) or not isinstance(arguments, str):
-                raise InvalidClientEvent(
-                    "function_call items need 'name' and 'arguments'.",
-                    param="item.name",
-                    code="invalid_value",
-                )
-            call_id = raw.get("call_id") or new_function_call_id()
-            return {**base, "type": "function_call", "name": name, "arguments": arguments, "call_id": call_id}
-        raise InvalidClientEvent(
-            f"Invalid value for 'item.type': {kind!r}.", param="item.type", code="invalid_value"
         )
 
     async def _item_truncate(self, event: dict[str, Any]) -> None:
@@ -739,36 +680,6 @@ class Session:
                 }
             )
 
-    def _turns(self, items: list[dict[str, Any]]) -> list[ConversationTurn]:
-        turns: list[ConversationTurn] = []
-        for item in items:
-            kind = item.get("type")
-            if kind == "message":
-                text = " ".join(
-                    str(part.get("text") or part.get("transcript") or "")
-                    for part in item.get("content", [])
-                    if isinstance(part, dict)
-                ).strip()
-                turns.append(ConversationTurn(role=item["role"], text=text))
-            elif kind == "function_call":
-                turns.append(
-                    ConversationTurn(
-                        role="function_call",
-                        name=item.get("name", ""),
-                        call_id=item.get("call_id", ""),
-                        arguments=item.get("arguments", ""),
-                    )
-                )
-            elif kind == "function_call_output":
-                turns.append(
-                    ConversationTurn(
-                        role="function_call_output",
-                        text=item.get("output", ""),
-                        call_id=item.get("call_id", ""),
-                    )
-                )
-        return turns
-
     # ---- responses ------------------------------------------------------------------------------
 
     def _create_response(self, params: dict[str, Any]) -> _Response:
@@ -790,12 +701,12 @@ class Session:
                         context_items.append(ref)
                 elif isinstance(entry, dict):
                     try:
-                        context_items.append(self._normalize_item(entry))
+                        context_items.append(normalize_item(entry))
                     except InvalidClientEvent:
                         continue
-            context = self._turns(context_items)
+            context = conversation_turns(context_items)
         else:
-            context = self._turns(list(self.items.values()))
+            context = conversation_turns(list(self.items.values()))
         tool_choice = params.get("tool_choice", config.get("tool_choice", "auto"))
         tools_config = params.get("tools", config.get("tools") or [])
         tools = [
