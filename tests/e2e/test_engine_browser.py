@@ -135,9 +135,9 @@ async def test_browser_asks_a_question_and_hears_the_answer(page_server: str, qu
             assert created["session"]["instructions"] == "Answer briefly."
             await wait_event(page, "input_audio_buffer.speech_started", 15)
             await wait_event(page, "input_audio_buffer.speech_stopped", 15)
-            completed = await wait_event(page, "conversation.item.input_audio_transcription.completed", 20)
+            completed = await wait_event(page, "conversation.item.input_audio_transcription.completed", 40)
             assert {"library", "open", "sunday"} <= words(completed["transcript"]), completed
-            await wait_event(page, "output_audio_buffer.started", 20)
+            await wait_event(page, "output_audio_buffer.started", 30)
             done = await wait_event(page, "response.done", 30)
             assert done["response"]["status"] == "completed"
             transcript = done["response"]["output"][0]["content"][0]["transcript"]
