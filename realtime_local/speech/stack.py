@@ -131,13 +131,18 @@ class SpeechStack:
         """A call's server VAD (its own recurrent state; the ONNX model is shared)."""
         return ServerVadTurnDetector(self.vad_model, config)
 
-    def new_streaming_transcription(self, detector: ServerVadTurnDetector) -> StreamingTranscription:
-        """A call's streaming transcription, reading utterances from that call's detector."""
+    def new_streaming_transcription(
+        self, detector: ServerVadTurnDetector, *, language: str | None = None
+    ) -> StreamingTranscription:
+        """A call's streaming transcription, reading utterances from that call's detector.
+
+        `language` (the session's `audio.input.transcription.language`) overrides the stack's.
+        """
         return StreamingTranscription(
             self.transcriber,
             detector,
             interval_s=self.options.partial_interval_ms / 1000,
-            language=self.options.stt_language,
+            language=language or self.options.stt_language,
         )
 
 

@@ -114,7 +114,7 @@ class ServerVadTurnDetector:
         self._tail = tail_ms * INPUT_SAMPLE_RATE // 1000
         self._prefix_windows = max(0, -(-self.config.prefix_padding_ms // _WINDOW_MS))
         self._silence_samples = self.config.silence_duration_ms * INPUT_SAMPLE_RATE // 1000
-        self.changed = threading.Condition()
+        self.changed = threading.Condition(threading.RLock())
         self._pending = np.zeros(0, dtype=np.int16)
         self._processed = 0  # samples consumed by the VAD since the call started
         self._ring: deque[Pcm16] = deque(maxlen=self._prefix_windows or 1)
@@ -131,13 +131,14 @@ class ServerVadTurnDetector:
     # -- TurnDetector ---------------------------------------------------------------------------
     def feed(self, pcm: Pcm16) -> list[TurnEvent]:
         events: list[TurnEvent] = []
-        data = np.concatenate([self._pending, np.asarray(pcm, dtype=np.int16).reshape(-1)])
-        usable = len(data) - len(data) % WINDOW
-        self._pending = data[usable:].copy()
-        for index in range(0, usable, WINDOW):
-            event = self._window(data[index : index + WINDOW])
-            if event is not None:
-                events.append(event)
+        with self.changed:  # re-entrant: `reset()` from another thread waits for this chunk
+            data = np.concatenate([self._pending, np.asarray(pcm, dtype=np.int16).reshape(-1)])
+            usable = len(data) - len(data) % WINDOW
+            self._pending = data[usable:].copy()
+            for index in range(0, usable, WINDOW):
+                event = self._window(data[index : index + WINDOW])
+                if event is not None:
+                    events.append(event)
         return events
 
     def speech_audio(self) -> Pcm16:
@@ -165,6 +166,16 @@ class ServerVadTurnDetector:
             audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
             end = None if self._silence_from is None else self._silence_from - self._start_offset
             return UtteranceSnapshot(self._utterance_id, audio, end, self._stopped)
+
+    @property
+    def utterance_start_ms(self) -> int:
+        """Where `speech_audio()` begins (speech start minus the prefix padding actually kept).
+
+        OpenAI documents `speech_started.audio_start_ms` as including `prefix_padding_ms`; the
+        session may send this value there, and `speech_started.audio_ms` (the detected onset)
+        where it wants the onset itself.
+        """
+        return self._ms(self._start_offset)
 
     @property
     def tail_samples(self) -> int:

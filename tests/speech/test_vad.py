@@ -68,6 +68,7 @@ def test_speech_audio_holds_the_prefix_padding_and_the_speech(silero: SileroMode
     assert abs(len(utterance) * 1000 // INPUT_SAMPLE_RATE - expected_ms) <= 40
     first_ms, _ = speech_bounds_ms(utterance)
     assert 200 <= first_ms <= 400, "speech begins after about prefix_padding_ms of lead-in"
+    assert abs(detector.utterance_start_ms - (started.audio_ms - 300)) <= 32
 
 
 def test_silence_alone_starts_nothing(silero: SileroModel) -> None:
