@@ -95,7 +95,7 @@ class InputPipeline:
         self._speaking = False
         self._samples = 0
         self._stop_partials = threading.Event()
-        self._partials: asyncio.Future[None] | None = None
+        self._partials: threading.Thread | None = None
         self.dropped_chunks = 0
         self._task = self._loop.create_task(self._run())
 
@@ -153,7 +153,16 @@ class InputPipeline:
             if not stop.is_set():
                 loop.call_soon_threadsafe(self._deliver_partial, stop, text)
 
-        self._partials = asyncio.ensure_future(asyncio.to_thread(stream.run_partials, deliver, stop=stop))
+        # A thread of its own, not the loop's default executor: it lives as long as the utterance, and
+        # several calls speaking at once must not starve the short VAD/TTS jobs of executor workers.
+        self._partials = threading.Thread(
+            target=stream.run_partials,
+            args=(deliver,),
+            kwargs={"stop": stop},
+            name="stt-partials",
+            daemon=True,
+        )
+        self._partials.start()
 
     def _deliver_partial(self, stop: threading.Event, text: str) -> None:
         if not stop.is_set():
