@@ -273,14 +273,17 @@ class StreamingTranscription:
         )
 
     def finish(self) -> str:
-        """Final transcript of the utterance the detector just stopped."""
+        """Final transcript of the utterance the detector stopped last (even if the user has
+        started speaking again since: that next utterance is left for the next `finish()`)."""
         started = time.perf_counter()
-        snap = self._detector.snapshot()
+        snap = self._detector.last_stopped() or self._detector.snapshot()
         end = snap.end_sample
         with self._lock:  # waits for an in-flight partial
             last = self._last_key
             reused = last is not None and end is not None and last[0] == snap.utterance_id and last[2] == end
-        text = self._last_text if reused else self._run(snap)
+            text = self._last_text
+        if not reused:
+            text = self._run(snap)
         self.last_finish_seconds = time.perf_counter() - started
         self.last_finish_reused = reused
         return text

@@ -126,6 +126,7 @@ class ServerVadTurnDetector:
         self._speaking = False
         self._stopped = False
         self._silence_from: int | None = None  # call sample index of the candidate end
+        self._last_stopped: UtteranceSnapshot | None = None
         self.last_probability = 0.0
 
     # -- TurnDetector ---------------------------------------------------------------------------
@@ -158,6 +159,7 @@ class ServerVadTurnDetector:
             self._speaking = False
             self._stopped = False
             self._silence_from = None
+            self._last_stopped = None
             self.changed.notify_all()
 
     # -- for streaming transcription ------------------------------------------------------------
@@ -166,6 +168,14 @@ class ServerVadTurnDetector:
             audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
             end = None if self._silence_from is None else self._silence_from - self._start_offset
             return UtteranceSnapshot(self._utterance_id, audio, end, self._stopped)
+
+    def last_stopped(self) -> UtteranceSnapshot | None:
+        """The most recently stopped utterance, even if the next one has started since.
+
+        `finish()` transcribes this one: the session may call it after the user spoke again.
+        """
+        with self.changed:
+            return self._last_stopped
 
     @property
     def utterance_start_ms(self) -> int:
@@ -241,5 +251,7 @@ class ServerVadTurnDetector:
         self._silence_from = end
         self._speaking = False
         self._stopped = True
+        audio = np.concatenate(self._chunks)
+        self._last_stopped = UtteranceSnapshot(self._utterance_id, audio, end - self._start_offset, True)
         self.changed.notify_all()
         return TurnEvent("speech_stopped", self._ms(end))

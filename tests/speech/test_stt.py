@@ -111,3 +111,16 @@ def test_finish_transcribes_when_no_partial_ran(speech_stack: SpeechStack, say: 
 
     assert "morning" in words(final)
     assert not streaming.last_finish_reused
+
+
+@pytest.mark.speech
+def test_finish_transcribes_the_stopped_utterance_even_after_the_next_began(
+    speech_stack: SpeechStack, say: Say
+) -> None:
+    detector = speech_stack.new_turn_detector()
+    streaming = speech_stack.new_streaming_transcription(detector)
+    detector.feed(np.concatenate([silence(0.5), say("Good morning"), silence(0.8)]))
+    events = detector.feed(np.concatenate([say("Goodbye"), silence(0.2)]))
+    assert [event.kind for event in events] == ["speech_started"], "the next utterance is under way"
+
+    assert "morning" in words(streaming.finish())
