@@ -292,7 +292,8 @@ class StreamingTranscription:
         """Worker loop for one utterance; returns when the detector stops it (or `stop` is set).
 
         Wakes on the detector's condition: at once when a candidate end appears (that run is the
-        one `finish()` reuses), otherwise every `interval_s` when new audio arrived.
+        one `finish()` reuses), otherwise every `interval_s` (or twice the last run's cost, if
+        more) when new audio arrived and speech is being heard.
         """
         changed = self._detector.changed
         utterance = self._detector.snapshot().utterance_id
@@ -300,6 +301,7 @@ class StreamingTranscription:
         last_length = 0
         last_end: int | None = None
         last_run_at = 0.0
+        last_cost = 0.0
         while stop is None or not stop.is_set():
             snap = self._detector.snapshot()
             if snap.utterance_id != utterance or snap.stopped:
@@ -307,7 +309,9 @@ class StreamingTranscription:
             if snap.end_sample is not None:
                 should_run = snap.end_sample != last_end  # once per candidate end, at once
             else:
-                due = time.monotonic() - last_run_at >= self.interval_s
+                # At most half the time transcribing: a long utterance's partials cost more, and the
+                # media loop and other calls share the two cores.
+                due = time.monotonic() - last_run_at >= max(self.interval_s, 2 * last_cost)
                 grown = len(snap.audio) > last_length and len(snap.audio) >= self._min_partial
                 # While the speech probability dips, a pause (and its run) may be a window away:
                 # starting a periodic partial now would make that run, the one finish() reuses, wait.
@@ -317,6 +321,7 @@ class StreamingTranscription:
                 last_run_at = time.monotonic()
                 last_length, last_end = len(snap.audio), snap.end_sample
                 text = self._run(snap)
+                last_cost = time.monotonic() - last_run_at
                 if text != last_text:
                     last_text = text
                     on_partial(text)
