@@ -272,9 +272,18 @@ def main() -> None:
         f"\nbaseline / streaming, p50: voice-to-voice {ratio('total_ms', 'base_total_ms'):.1f}x, "
         f"after detection {ratio('after_detect_ms', 'base_after_detect_ms'):.1f}x"
     )
-    wrong = [turn for turn in turns if not turn.transcript]
-    if wrong:
-        print(f"{len(wrong)} turns produced an empty transcript: {[turn.text for turn in wrong]}")
+
+    def spoken_words(text: str) -> list[str]:
+        return [word.strip(".,?!'\"").lower() for word in text.split()]
+
+    said = [spoken_words(turn.text) for turn in turns]
+    heard = [set(spoken_words(turn.transcript)) for turn in turns]
+    recall = sum(sum(word in h for word in s) for s, h in zip(said, heard, strict=True)) / sum(map(len, said))
+    exact = sum(spoken_words(turn.transcript) == s for turn, s in zip(turns, said, strict=True))
+    print(
+        f"transcripts: {exact}/{len(turns)} word for word; {recall:.0%} of spoken words heard "
+        "(numbers come out as digits: 'two' -> '2' counts as missed)"
+    )
     if args.json:
         args.json.write_text(json.dumps([asdict(turn) for turn in turns], indent=1))
 
