@@ -107,7 +107,7 @@ def create_app(config: EngineConfig, runtime: EngineRuntime | None = None) -> we
     engine = Engine(
         config=config, runtime=runtime, keys=EphemeralKeyStore(max_outstanding=config.max_client_secrets)
     )
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_api_errors])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_browser_cors, _api_errors])
     app[ENGINE] = engine
 
     async def on_startup(app: web.Application) -> None:
@@ -153,6 +153,7 @@ def create_app(config: EngineConfig, runtime: EngineRuntime | None = None) -> we
 
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/realtime/calls", create_call)
+    app.router.add_route("OPTIONS", "/v1/realtime/calls", _preflight)
     app.router.add_post("/v1/realtime/client_secrets", create_client_secret)
     app.router.add_post("/v1/realtime/calls/{call_id}/accept", accept_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/reject", reject_call)
@@ -161,6 +162,11 @@ def create_app(config: EngineConfig, runtime: EngineRuntime | None = None) -> we
     app.router.add_get("/v1/realtime", sideband)
     app.router.add_post("/v1/realtime/_local/incoming_calls", create_incoming_call)
     return app
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    """Routed so that aiohttp does not answer 405 before the CORS middleware sees the preflight."""
+    return web.Response(status=204, headers=CORS_HEADERS)
 
 
 def _mark_ready(engine: Engine) -> None:
@@ -196,6 +202,30 @@ async def _load_speech(engine: Engine) -> None:
 # ---- middleware -----------------------------------------------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: Routes a browser calls cross-origin with an ephemeral key (the "direct" transport). Auth is the
+#: bearer key in a header, never a cookie, so any origin may call them, as OpenAI's API allows.
+BROWSER_ROUTES = frozenset({"/v1/realtime/calls"})
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Location",
+    "Access-Control-Max-Age": "600",
+}
+
+
+@web.middleware
+async def _browser_cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflights and label responses on the routes a browser calls directly."""
+    if request.path not in BROWSER_ROUTES:
+        return await handler(request)
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=CORS_HEADERS)
+    response = await handler(request)
+    response.headers.update(CORS_HEADERS)
+    return response
 
 
 @web.middleware
