@@ -29,7 +29,7 @@ _MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
     "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
-_INSECURE_PROTOCOL_PREFIX = "openai-insecure-api-key."
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 
 
 @dataclass
@@ -113,8 +113,8 @@ def bearer_token(request: web.Request) -> str | None:
         return token.strip()
     for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         protocol = protocol.strip()
-        if protocol.startswith(_INSECURE_PROTOCOL_PREFIX) and len(protocol) > len(_INSECURE_PROTOCOL_PREFIX):
-            return protocol[len(_INSECURE_PROTOCOL_PREFIX) :]
+        if protocol.startswith(KEY_SUBPROTOCOL_PREFIX) and len(protocol) > len(KEY_SUBPROTOCOL_PREFIX):
+            return protocol[len(KEY_SUBPROTOCOL_PREFIX) :]
     return None
 
 

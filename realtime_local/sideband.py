@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from realtime_local.auth import KEY_SUBPROTOCOL_PREFIX
 from realtime_local.call import LocalCall, ServerEvent
 from realtime_local.events import error_event, new_event_id
 
@@ -79,7 +80,11 @@ async def serve_sideband(
     request: web.Request, call: LocalCall, *, queue_size: int, send_timeout: float
 ) -> web.WebSocketResponse:
     """Upgrade `request`, attach to `call` and pump both directions until either side is done."""
-    ws = web.WebSocketResponse(protocols=("realtime",), heartbeat=30.0, max_msg_size=MAX_MESSAGE_BYTES)
+    # The key-bearing subprotocol is listed as known so that aiohttp never logs the client's offer
+    # (which holds the key) as "not overlapping"; `realtime` wins whenever the client offers it.
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    known = ("realtime", *(p for p in offered if p.startswith(KEY_SUBPROTOCOL_PREFIX)))
+    ws = web.WebSocketResponse(protocols=known, heartbeat=30.0, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     observer = SidebandObserver(ws, queue_size=queue_size, send_timeout=send_timeout)
     detach = call.attach(observer)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -195,3 +196,16 @@ async def test_a_slow_observer_is_dropped_and_the_call_goes_on(
     finally:
         slow.close()
         await fast.close()
+
+
+async def test_a_key_offered_only_as_subprotocol_is_never_written_to_the_log(
+    engine: RunningEngine, ws_client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    call_id = await engine.incoming_call()
+    key_protocol = f"openai-insecure-api-key.{engine.config.api_key}"
+    with caplog.at_level(logging.DEBUG):
+        ws = await ws_client.ws_connect(f"{engine.ws_url}?call_id={call_id}", protocols=(key_protocol,))
+        await engine.control(call_id, "accept", {"type": "realtime"})
+        await next_event(ws, "session.created")
+        await ws.close()
+    assert engine.config.api_key not in caplog.text
