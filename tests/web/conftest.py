@@ -1,0 +1,142 @@
+"""Shared fixtures of the web-call tests (tests/web/): a real local engine the product talks to.
+
+- `local_engine`: an in-process `realtime_local` engine on a free loopback port, speech disabled
+  (protocol tests start in milliseconds), served by the test's own event loop; Django's settings
+  `REALTIME_BASE_URL`/`REALTIME_API_KEY` point at it for the test. Use from async tests.
+- `speech_engine`: the same with the offline speech stack (loaded once per test session), also on
+  the test's loop, settings pointed at it.
+- `engine_in_thread(speech=…)`: a factory for SYNC tests (Playwright's sync API blocks the test's
+  loop): the engine runs on an event loop of its own in a daemon thread, settings pointed at it,
+  stopped after the test. Returns a `ThreadedEngine` with `base_url`, `api_key` and `call_ids()`.
+
+Other helpers may add fixtures here by appending only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from realtime_local.app import ENGINE, Engine, create_app
+from realtime_local.call import EngineRuntime
+from realtime_local.config import EngineConfig
+from tests.engine.conftest import API_KEY, RunningEngine, StartEngine, start_engine
+from tests.engine.fixtures_media import ServedEngine, serve_engine, speech_stack
+
+__all__ = ["engine_in_thread", "local_engine", "speech_engine", "speech_stack", "start_engine"]
+
+
+def point_settings_at(settings: SettingsWrapper, *, base_url: str, api_key: str) -> None:
+    """Make the product's realtime client talk to the engine at `base_url` for this test."""
+    settings.REALTIME_BASE_URL = base_url
+    settings.REALTIME_API_KEY = api_key
+    settings.USES_LOCAL_ENGINE = True
+
+
+@pytest.fixture
+async def local_engine(start_engine: StartEngine, settings: SettingsWrapper) -> RunningEngine:
+    """A speech-less engine on loopback; the product's settings point at it."""
+    running = await start_engine()
+    point_settings_at(settings, base_url=running.base_url, api_key=running.config.api_key)
+    return running
+
+
+@pytest.fixture
+async def speech_engine(speech_stack: Any, settings: SettingsWrapper) -> AsyncIterator[ServedEngine]:
+    """An engine with the real speech stack (loaded once per session); settings point at it."""
+    from tests.engine.fixtures_media import API_KEY as MEDIA_API_KEY
+
+    runtime = EngineRuntime(speech=speech_stack, loopback_candidates=True)
+    async with serve_engine(runtime) as served:
+        point_settings_at(settings, base_url=served.base_url, api_key=MEDIA_API_KEY)
+        yield served
+
+
+@dataclass
+class ThreadedEngine:
+    """An engine served by its own event loop in a daemon thread (for sync tests)."""
+
+    base_url: str
+    api_key: str
+    app: web.Application
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def state(self) -> Engine:
+        return self.app[ENGINE]
+
+    def call_ids(self) -> set[str]:
+        """Ids of the calls the engine holds now (read on the engine's own loop)."""
+
+        async def read() -> set[str]:
+            return {call.id for call in self.state.calls.calls()}
+
+        return asyncio.run_coroutine_threadsafe(read(), self.loop).result(timeout=5)
+
+
+@pytest.fixture
+def engine_in_thread(settings: SettingsWrapper) -> Iterator[Callable[..., ThreadedEngine]]:
+    """Factory: `engine_in_thread(speech=None, **config)` starts an engine in a thread of its own."""
+    stops: list[Callable[[], None]] = []
+
+    def start(*, speech: Any = None, **overrides: Any) -> ThreadedEngine:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "api_key": API_KEY,
+            "speech": speech is not None,
+            "max_calls": 4,
+            "loopback_candidates": True,
+        }
+        values.update(overrides)
+        config = EngineConfig(**values)
+        runtime = EngineRuntime(speech=speech, loopback_candidates=config.loopback_candidates)
+        loop = asyncio.new_event_loop()
+        started: Future[tuple[web.Application, web.AppRunner]] = Future()
+
+        async def serve() -> tuple[web.Application, web.AppRunner]:
+            app = create_app(config, runtime=runtime)
+            runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            await asyncio.wait_for(app[ENGINE].ready.wait(), 10)
+            return app, runner
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                started.set_result(loop.run_until_complete(serve()))
+            except BaseException as exc:  # reported to the starting test below
+                started.set_exception(exc)
+                return
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name="realtime-local-test", daemon=True)
+        thread.start()
+        app, runner = started.result(timeout=30)
+        port = int(runner.addresses[0][1])
+
+        def stop() -> None:
+            asyncio.run_coroutine_threadsafe(asyncio.wait_for(runner.cleanup(), 15), loop).result(20)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+        stops.append(stop)
+        running = ThreadedEngine(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=config.api_key, app=app, loop=loop
+        )
+        point_settings_at(settings, base_url=running.base_url, api_key=running.api_key)
+        return running
+
+    yield start
+    for stop in reversed(stops):
+        stop()
