@@ -17,6 +17,8 @@ from django.utils import timezone
 DEFAULT_INSTRUCTIONS = "Greet the user in English. Keep replies brief and conversational."
 DEFAULT_VOICE = "marin"
 DEFAULT_MODEL = "gpt-realtime"
+#: 30 minutes: long enough for any real conversation, short enough to bound a forgotten call's cost.
+DEFAULT_MAX_CALL_DURATION_S = 1800
 
 
 def default_turn_detection() -> dict[str, object]:
@@ -65,6 +67,10 @@ class AgentProfile(models.Model):
         null=True,
         blank=True,
         help_text="The session's audio.input.turn_detection object; empty means push-to-talk (null).",
+    )
+    max_call_duration = models.PositiveIntegerField(
+        default=DEFAULT_MAX_CALL_DURATION_S,
+        help_text="Seconds after which the observer hangs the call up (the API has no shorter cap).",
     )
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -144,6 +150,13 @@ class Call(models.Model):
     end_reason = models.CharField(max_length=100, blank=True)
     error = models.TextField(blank=True)
     usage = models.JSONField(default=dict, blank=True, help_text="Token usage summed from response.done.")
+    session_tampered = models.BooleanField(
+        default=False,
+        help_text=(
+            "Someone other than us changed the session's instructions or tools during the call; the "
+            "observer put ours back (details in the call's voiceagent.security.* events)."
+        ),
+    )
 
     class Meta:
         ordering = ["-created_at"]
