@@ -43,11 +43,20 @@ MAX_MESSAGE_CHARS: Final = 300
 class RealtimeError(Exception):
     """The Realtime API refused a request (or could not be used); `status` is its HTTP status if any."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        #: Seconds the API asked us to wait (its `Retry-After` header on a 429/503), if it said.
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, message={self.message!r})"
@@ -107,7 +116,18 @@ def _clip(text: str) -> str:
     return flat if len(flat) <= MAX_MESSAGE_CHARS else flat[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _upstream_error(status: int, body: bytes) -> RealtimeError:
+def _retry_after(headers: httpx.Headers) -> int | None:
+    """The `Retry-After` delay in whole seconds (HTTP dates are ignored: the API sends seconds)."""
+    raw = headers.get("retry-after", "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0, min(3600, round(float(raw))))
+    except ValueError:
+        return None
+
+
+def _upstream_error(status: int, body: bytes, *, retry_after: int | None = None) -> RealtimeError:
     """The typed error for a non-2xx answer, with the API's own message and code when it sent them."""
     message: str | None = None
     code: str | None = None
@@ -211,7 +231,7 @@ class RealtimeClient:
                 code="upstream_unreachable",
             ) from exc
         if not 200 <= answer.status < 300:
-            raise _upstream_error(answer.status, answer.body)
+            raise _upstream_error(answer.status, answer.body, retry_after=_retry_after(answer.headers))
         return answer
 
     def _call_path(self, provider_call_id: str, action: str) -> str:

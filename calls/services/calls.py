@@ -1,0 +1,251 @@
+"""The lifecycle of a web call: start it (proxy), register it (direct), hang it up, and mint keys.
+
+Every state change of a `Call` made outside the observer lives here; views only parse and authorize.
+The observer is asked to watch or stop watching through `calls.observer.dispatch`, always after the
+row it needs is committed (the async ORM runs each write in autocommit, so "after the await" is
+"after commit"). Upstream failures are recorded on the call (`failed` + the reason) and re-raised as
+the typed errors of `realtime_client` for the edge to turn into HTTP statuses.
+
+Status changes are conditional updates that never move a call out of a final status, so the observer
+(which may end the same call at the same moment) and a repeated hang-up cannot undo each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+from channels.exceptions import ChannelFull
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.cache import cache
+from django.db import IntegrityError
+from django.utils import timezone
+
+from calls.models import AgentProfile, Call
+from calls.observer.dispatch import ObserverUnavailableError, request_observation, request_stop
+from calls.services.realtime_client import (
+    ClientSecret,
+    RealtimeClient,
+    RealtimeError,
+    check_provider_call_id,
+)
+from calls.services.session_config import WEB_MODES, build_session_config
+
+logger = logging.getLogger(__name__)
+
+#: Client secrets one user may mint per minute (each one is a live credential for a call).
+CLIENT_SECRET_RATE_PER_MINUTE: Final = 10
+#: Lifetime of a client secret: long enough to set up a call, short enough to be useless if leaked.
+CLIENT_SECRET_TTL_S: Final = 600
+
+HANGUP_REASON: Final = "hung up by the user"
+
+UserLike = User | AnonymousUser
+
+
+class CallSetupError(Exception):
+    """A call could not be set up for a reason of ours (not the API's); `code` names it."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class CallAlreadyRegistered(CallSetupError):
+    """A direct call was registered with a provider call id that another Call already has."""
+
+
+class RateLimited(Exception):
+    """Too many requests from one user; `retry_after` is the seconds until the window resets."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _check_mode(mode: str) -> Call.Mode:
+    if mode not in WEB_MODES:
+        raise CallSetupError(
+            f"Unknown mode {mode!r}: expected one of {', '.join(sorted(WEB_MODES))}.", code="invalid_mode"
+        )
+    return Call.Mode(mode)
+
+
+async def _agent_profile() -> AgentProfile:
+    """The default agent profile (the data migration makes one; the admin keeps at most one)."""
+    profile = await AgentProfile.objects.order_by("-is_default", "name").afirst()
+    if profile is None:
+        raise CallSetupError("No agent profile exists; create one in the admin.", code="no_agent_profile")
+    return profile
+
+
+async def _observe(call: Call) -> None:
+    """Ask the observer to watch `call`. A missing layer is logged, not fatal: the call itself works."""
+    try:
+        await request_observation(call.id)
+    except (ObserverUnavailableError, ChannelFull, OSError) as exc:
+        logger.warning("call %s: observer not reached (%s); no transcript will be recorded", call.id, exc)
+
+
+async def _stop_observing(call: Call, *, reason: str) -> None:
+    try:
+        await request_stop(call.id, reason=reason)
+    except (ObserverUnavailableError, ChannelFull, OSError) as exc:
+        logger.warning("call %s: observer stop not delivered (%s)", call.id, exc)
+
+
+def mark_call_failed(*, call: Call, error: str) -> None:
+    """Record that `call` failed with `error` (sync). A call already in a final status is left alone."""
+    now = timezone.now()
+    updated = (
+        Call.objects.filter(pk=call.pk)
+        .exclude(status__in=Call.FINAL_STATUSES)
+        .update(status=Call.Status.FAILED, error=error, end_reason="failed", ended_at=now)
+    )
+    if updated:
+        call.status, call.error, call.end_reason, call.ended_at = Call.Status.FAILED, error, "failed", now
+
+
+async def amark_call_failed(*, call: Call, error: str) -> None:
+    """`mark_call_failed` for async callers (one UPDATE)."""
+    now = timezone.now()
+    updated = (
+        await Call.objects.filter(pk=call.pk)
+        .exclude(status__in=Call.FINAL_STATUSES)
+        .aupdate(status=Call.Status.FAILED, error=error, end_reason="failed", ended_at=now)
+    )
+    if updated:
+        call.status, call.error, call.end_reason, call.ended_at = Call.Status.FAILED, error, "failed", now
+
+
+async def start_web_call(
+    *, user: UserLike, offer_sdp: str, mode: str, transport: str = Call.Transport.PROXY
+) -> tuple[Call, str]:
+    """Create a web call from the browser's SDP offer; return the Call and the SDP answer.
+
+    The Call row exists (status `connecting`) before the offer goes upstream, so a failure is on
+    record: the call becomes `failed` with the reason and the `RealtimeError` propagates. On success
+    the provider's call id is stored and the observer is asked to attach. Three queries.
+    """
+    call_mode = _check_mode(mode)
+    profile = await _agent_profile()
+    call = await Call.objects.acreate(
+        source=Call.Source.WEB,
+        mode=call_mode,
+        transport=Call.Transport(transport),
+        user=user if isinstance(user, User) else None,
+        agent=profile,
+        status=Call.Status.CONNECTING,
+    )
+    session = build_session_config(profile, mode=call_mode)
+    try:
+        async with RealtimeClient() as client:
+            created = await client.create_call(offer_sdp=offer_sdp, session=session)
+    except RealtimeError as exc:
+        logger.warning("call %s: upstream refused the offer (%s, %s)", call.id, exc.status, exc.code)
+        await amark_call_failed(call=call, error=exc.message)
+        raise
+    call.provider_call_id = created.provider_call_id
+    await call.asave(update_fields=["provider_call_id"])
+    logger.info("call %s started as %s", call.id, created.provider_call_id)
+    await _observe(call)
+    return call, created.answer_sdp
+
+
+async def register_direct_call(*, user: UserLike, provider_call_id: str, mode: str) -> Call:
+    """Record a call the browser created straight with the API (ephemeral key) and observe it.
+
+    `provider_call_id` must be a well-formed id (`InvalidProviderCallId` otherwise) that no Call has
+    yet (`CallAlreadyRegistered`): nobody can attach our observer to a call already on record.
+    """
+    checked = check_provider_call_id(provider_call_id)
+    call_mode = _check_mode(mode)
+    profile = await _agent_profile()
+    try:
+        call = await Call.objects.acreate(
+            provider_call_id=checked,
+            source=Call.Source.WEB,
+            mode=call_mode,
+            transport=Call.Transport.DIRECT,
+            user=user if isinstance(user, User) else None,
+            agent=profile,
+            status=Call.Status.CONNECTING,
+        )
+    except IntegrityError:
+        raise CallAlreadyRegistered(
+            "A call with this provider call id is already registered.", code="conflict"
+        ) from None
+    logger.info("call %s registered as direct call %s", call.id, checked)
+    await _observe(call)
+    return call
+
+
+async def hang_up_call(*, call: Call, reason: str = HANGUP_REASON) -> Call:
+    """End `call` upstream, mark it `ended` with `reason`, and tell the observer. Idempotent.
+
+    A call already in a final status is returned as it is (no upstream request). The API's 404
+    (the call is already gone upstream) counts as hung up. Any other upstream error propagates and
+    leaves the call as it was, so that the hang-up can be retried.
+    """
+    if call.is_final:
+        return call
+    if call.provider_call_id:
+        try:
+            async with RealtimeClient() as client:
+                await client.hangup_call(call.provider_call_id)
+        except RealtimeError as exc:
+            if exc.status != 404:
+                raise
+            logger.info("call %s was already gone upstream", call.id)
+    now = timezone.now()
+    updated = (
+        await Call.objects.filter(pk=call.pk)
+        .exclude(status__in=Call.FINAL_STATUSES)
+        .aupdate(status=Call.Status.ENDED, end_reason=reason, ended_at=now)
+    )
+    if updated:
+        call.status, call.end_reason, call.ended_at = Call.Status.ENDED, reason, now
+    else:
+        await call.arefresh_from_db(fields=["status", "end_reason", "ended_at", "error"])
+    await _stop_observing(call, reason=reason)
+    return call
+
+
+async def _count_client_secret(user_pk: object) -> None:
+    """A fixed one-minute window per user in Django's cache; `RateLimited` past the limit."""
+    now = time.time()
+    window = int(now // 60)
+    key = f"calls:client-secret:{user_pk}:{window}"
+    await cache.aadd(key, 0, timeout=90)
+    try:
+        count = await cache.aincr(key)
+    except ValueError:  # the key expired between add and incr: this is the window's first request
+        await cache.aset(key, 1, timeout=90)
+        count = 1
+    if count > CLIENT_SECRET_RATE_PER_MINUTE:
+        retry_after = max(1, int((window + 1) * 60 - now) + 1)
+        raise RateLimited(
+            f"At most {CLIENT_SECRET_RATE_PER_MINUTE} client secrets per minute; "
+            f"try again in {retry_after} s.",
+            retry_after=retry_after,
+        )
+
+
+async def issue_client_secret(*, user: UserLike, mode: str = Call.Mode.AUDIO) -> ClientSecret:
+    """An ephemeral key for a session with the default agent's config, rate-limited per user.
+
+    Only the key and its expiry leave this function; the API key never does.
+    """
+    if not isinstance(user, User):
+        raise CallSetupError("Sign in first.", code="not_authenticated")
+    await _count_client_secret(user.pk)
+    call_mode = _check_mode(mode)
+    profile = await _agent_profile()
+    session = build_session_config(profile, mode=call_mode)
+    async with RealtimeClient() as client:
+        secret = await client.create_client_secret(session=session, expires_in_s=CLIENT_SECRET_TTL_S)
+    logger.info("client secret issued to user %s", user.pk)
+    return secret
