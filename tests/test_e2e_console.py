@@ -101,13 +101,24 @@ def test_switching_modes_by_click_and_keyboard(console: Page) -> None:
     assert any("Mode — screen" in line for line in lines), lines
 
 
-def test_launch_without_a_call_client_says_so_and_stays_idle(console: Page) -> None:
+def test_launch_without_a_microphone_says_so_and_can_be_retried(console: Page) -> None:
+    # This browser has no (fake) capture device, so the call client fails before any request.
     console.click("#launch")
     error = console.locator("#activity .activity-item.error")
-    expect(error).to_contain_text("no call client is installed")
-    expect(console.locator("#status-text")).to_have_text("Idle")
+    expect(error).to_contain_text("could not open the microphone")
+    expect(console.locator("#status-text")).to_have_text("Error")
     expect(console.locator("#launch")).to_be_enabled()
     expect(console.locator("#end")).to_be_disabled()
+    assert console.evaluate("window.voiceagentConsole.callId") is None
+
+
+def test_transport_picker_switches_and_is_logged(console: Page) -> None:
+    proxy, direct = console.locator("[data-transport='proxy']"), console.locator("[data-transport='direct']")
+    expect(proxy).to_have_attribute("aria-checked", "true")
+    direct.click()
+    expect(direct).to_have_attribute("aria-checked", "true")
+    expect(proxy).to_have_attribute("aria-checked", "false")
+    assert any("Transport — direct" in line for line in _log_lines(console))
 
 
 def test_clear_empties_the_activity_log(console: Page) -> None:

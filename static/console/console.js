@@ -1,4 +1,4 @@
-// Entry point of the console page: wires the UI, the duration clock and the activity log to a
+// The console shell (started by main.js): wires the UI, the duration clock and the activity log to a
 // session controller. The call flow itself lives in a `callClient` (added by the web-calls work):
 //
 //   callClient.start({ mode, config, log, onState, onLocalStream, onRemoteStream }) -> Promise<session>
@@ -26,6 +26,7 @@ export class SessionController {
     ui.addEventListener("end", () => this.end("ended by you"));
     ui.addEventListener("clear", () => log.clear());
     ui.addEventListener("modechange", (event) => log.log("Mode", event.detail.mode));
+    ui.addEventListener("transportchange", (event) => log.log("Transport", event.detail.transport));
     ui.setState("idle");
   }
 
@@ -39,7 +40,7 @@ export class SessionController {
     const mode = this.ui.mode;
     const attempt = ++this.attempt;
     this.clock.reset();
-    this.log.log("Session", `launching in ${mode} mode`);
+    this.log.log("Session", `launching in ${mode} mode (${this.ui.transport} transport)`);
     if (!this.callClient) {
       this.log.error("Session", "calls are not available in this build yet (no call client is installed)");
       this.#setState("idle");
@@ -110,6 +111,7 @@ export function startConsole({ callClient = null, root = document } = {}) {
   const config = configElement ? JSON.parse(configElement.textContent) : {};
   const ui = new ConsoleUI(root);
   if (config.defaultMode) ui.selectMode(config.defaultMode);
+  if (config.defaultTransport) ui.selectTransport(config.defaultTransport);
   const clock = new DurationClock(root.querySelector("#duration"));
   const log = new ActivityLog(root.querySelector("#activity"));
   const controller = new SessionController({ ui, clock, log, callClient, config });
@@ -117,5 +119,3 @@ export function startConsole({ callClient = null, root = document } = {}) {
   document.documentElement.dataset.consoleReady = "true";
   return controller;
 }
-
-startConsole();

@@ -30,6 +30,10 @@ export class ConsoleUI extends EventTarget {
     this.modeButtons = Array.from(root.querySelectorAll("#mode-picker [data-mode]"));
     const checked = this.modeButtons.find((b) => b.getAttribute("aria-checked") === "true");
     this.mode = (checked ?? this.modeButtons[0]).dataset.mode;
+    // The transport picker is optional markup: without it every call goes through our server.
+    this.transportButtons = Array.from(root.querySelectorAll("#transport-picker [data-transport]"));
+    const transport = this.transportButtons.find((b) => b.getAttribute("aria-checked") === "true");
+    this.transport = transport?.dataset.transport ?? "proxy";
 
     this.launchButton.addEventListener("click", () => this.dispatchEvent(new Event("launch")));
     this.endButton.addEventListener("click", () => this.dispatchEvent(new Event("end")));
@@ -38,6 +42,18 @@ export class ConsoleUI extends EventTarget {
       button.addEventListener("click", () => this.selectMode(button.dataset.mode));
       button.addEventListener("keydown", (event) => this.#arrowKeys(event, button));
     }
+    for (const button of this.transportButtons) {
+      button.addEventListener("click", () => this.selectTransport(button.dataset.transport));
+    }
+  }
+
+  /** Pick how the offer reaches the Realtime API: "proxy" (our server) or "direct" (ephemeral key). */
+  selectTransport(transport) {
+    const target = this.transportButtons.find((b) => b.dataset.transport === transport);
+    if (!target || target.disabled || transport === this.transport) return;
+    for (const button of this.transportButtons) button.setAttribute("aria-checked", String(button === target));
+    this.transport = transport;
+    this.dispatchEvent(new CustomEvent("transportchange", { detail: { transport } }));
   }
 
   /** Select a mode (ignored while a session runs, when the picker is disabled). */
@@ -60,7 +76,7 @@ export class ConsoleUI extends EventTarget {
     const busy = state === "connecting" || state === "active" || state === "ending";
     this.launchButton.disabled = busy;
     this.endButton.disabled = !(state === "connecting" || state === "active");
-    for (const button of this.modeButtons) button.disabled = busy;
+    for (const button of [...this.modeButtons, ...this.transportButtons]) button.disabled = busy;
     document.documentElement.dataset.sessionState = state;
   }
 

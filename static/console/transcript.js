@@ -1,0 +1,172 @@
+// The live transcript: user and assistant turns assembled from the call's server events, partial text
+// growing as deltas arrive, interrupted replies marked, each reply labelled with its turn latency.
+// TranscriptModel is pure data (testable without a page); TranscriptView renders it (textContent only).
+
+/** @typedef {{itemId: string, role: "user"|"assistant", text: string, final: boolean,
+ *   interrupted: boolean, responseId: string|null, latencyMs: number|null}} Turn */
+
+export class TranscriptModel {
+  constructor() {
+    /** @type {Turn[]} */
+    this.turns = [];
+    this.byItem = new Map();
+    this.pendingLatency = new Map(); // response id (or "") → latency waiting for its turn
+  }
+
+  #turn(itemId, role) {
+    let turn = this.byItem.get(itemId);
+    if (!turn) {
+      turn = { itemId, role, text: "", final: false, interrupted: false, responseId: null, latencyMs: null };
+      this.byItem.set(itemId, turn);
+      this.turns.push(turn);
+    }
+    return turn;
+  }
+
+  #assistant(event) {
+    const turn = this.#turn(event.item_id, "assistant");
+    if (event.response_id && !turn.responseId) turn.responseId = event.response_id;
+    for (const key of [turn.responseId, ""]) {
+      if (key !== null && this.pendingLatency.has(key) && turn.latencyMs === null) {
+        turn.latencyMs = this.pendingLatency.get(key);
+        this.pendingLatency.delete(key);
+      }
+    }
+    return turn;
+  }
+
+  /** Apply one server event; returns the turns it changed (empty if none). */
+  apply(event) {
+    const type = event.type;
+    switch (type) {
+      case "input_audio_buffer.committed":
+        return event.item_id ? [this.#turn(event.item_id, "user")] : [];
+      case "conversation.item.added":
+      case "conversation.item.created": {
+        const item = event.item ?? {};
+        if (item.type !== "message" || !item.id || !["user", "assistant"].includes(item.role)) return [];
+        const turn = this.#turn(item.id, item.role);
+        const typed = (item.content ?? []).map((part) => part.text ?? part.transcript ?? "").join("");
+        if (typed && !turn.text) turn.text = typed;
+        return [turn];
+      }
+      case "conversation.item.input_audio_transcription.delta": {
+        const turn = this.#turn(event.item_id, "user");
+        if (!turn.final) turn.text += event.delta ?? "";
+        return [turn];
+      }
+      case "conversation.item.input_audio_transcription.completed": {
+        const turn = this.#turn(event.item_id, "user");
+        turn.text = event.transcript ?? turn.text;
+        turn.final = true;
+        return [turn];
+      }
+      case "conversation.item.input_audio_transcription.failed": {
+        const turn = this.#turn(event.item_id, "user");
+        turn.final = true;
+        turn.failed = true;
+        return [turn];
+      }
+      case "response.output_audio_transcript.delta":
+      case "response.output_text.delta": {
+        const turn = this.#assistant(event);
+        if (!turn.final) turn.text += event.delta ?? "";
+        return [turn];
+      }
+      case "response.output_audio_transcript.done":
+      case "response.output_text.done": {
+        const turn = this.#assistant(event);
+        turn.text = event.transcript ?? event.text ?? turn.text;
+        turn.final = true;
+        return [turn];
+      }
+      case "conversation.item.truncated": {
+        const turn = this.byItem.get(event.item_id);
+        if (!turn) return [];
+        turn.interrupted = true;
+        return [turn];
+      }
+      case "response.done": {
+        const response = event.response ?? {};
+        const ids = new Set((response.output ?? []).map((item) => item.id));
+        const changed = this.turns.filter((t) => t.role === "assistant" && (ids.has(t.itemId) || (response.id && t.responseId === response.id)));
+        for (const turn of changed) {
+          turn.final = true;
+          if (response.status === "cancelled") turn.interrupted = true;
+        }
+        return changed;
+      }
+      default:
+        return [];
+    }
+  }
+
+  /** Attach a measured latency to its reply (now, or when the reply's first text arrives). */
+  attachLatency({ latencyMs, itemId, responseId }) {
+    const turn =
+      (itemId && this.byItem.get(itemId)) ||
+      this.turns.find((t) => t.role === "assistant" && responseId && t.responseId === responseId);
+    if (turn && turn.latencyMs === null) {
+      turn.latencyMs = latencyMs;
+      return [turn];
+    }
+    this.pendingLatency.set(responseId ?? "", latencyMs);
+    return [];
+  }
+}
+
+export class TranscriptView {
+  /** @param {HTMLElement} container the scrolling conversation */
+  constructor(container) {
+    this.container = container;
+    this.elements = new Map();
+  }
+
+  clear() {
+    this.container.replaceChildren();
+    this.elements.clear();
+  }
+
+  /** Create or refresh the bubbles of `turns` (in model order: new ones are appended). */
+  render(turns) {
+    const stick = this.container.scrollTop + this.container.clientHeight >= this.container.scrollHeight - 24;
+    for (const turn of turns) {
+      let parts = this.elements.get(turn.itemId);
+      if (!parts) {
+        parts = this.#create(turn);
+        this.elements.set(turn.itemId, parts);
+        this.container.append(parts.bubble);
+      }
+      parts.bubble.classList.toggle("partial", !turn.final);
+      parts.bubble.classList.toggle("interrupted", turn.interrupted);
+      parts.bubble.dataset.final = String(turn.final);
+      parts.text.textContent = turn.text || (turn.failed ? "(not transcribed)" : "…");
+      parts.tag.hidden = !turn.interrupted;
+      parts.latency.hidden = turn.latencyMs === null;
+      if (turn.latencyMs !== null) parts.latency.textContent = `${turn.latencyMs} ms`;
+    }
+    if (stick) this.container.scrollTop = this.container.scrollHeight;
+  }
+
+  #create(turn) {
+    const bubble = document.createElement("div");
+    bubble.className = `bubble ${turn.role}`;
+    bubble.dataset.role = turn.role;
+    bubble.dataset.itemId = turn.itemId;
+    const who = document.createElement("div");
+    who.className = "who";
+    const role = document.createElement("span");
+    role.textContent = turn.role === "user" ? "You" : "Agent";
+    const latency = document.createElement("span");
+    latency.className = "latency";
+    latency.title = "From the end of your speech to the first sign of this reply";
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = "interrupted";
+    who.append(role, latency, tag);
+    const text = document.createElement("div");
+    text.className = "text";
+    bubble.append(who, text);
+    return { bubble, text, latency, tag };
+  }
+}
