@@ -77,6 +77,7 @@ class Turn:
     tts_ms: float  # first audio chunk of that piece
     total_ms: float  # true end of speech -> first reply audio chunk ready
     after_detect_ms: float  # speech_stopped -> first reply audio chunk ready
+    base_transcript: str
     base_stt_ms: float  # baseline: 30 s-window transcription after the turn
     base_tts_ms: float  # baseline: whole reply synthesized
     base_total_ms: float  # baseline: vad_ms + stt + responder + whole TTS
@@ -183,6 +184,7 @@ def run_turn(stack: SpeechStack, question: str, config: TurnDetectionConfig, fir
         tts_ms=(marks["tts"] - marks["responder"]) * 1000,
         total_ms=(marks["tts"] - end_at) * 1000,
         after_detect_ms=(marks["tts"] - detected) * 1000,
+        base_transcript=base_transcript,
         base_stt_ms=(base_stt - base_start) * 1000,
         base_tts_ms=(base_end - base_responder) * 1000,
         base_total_ms=vad_ms + base_after,
@@ -277,13 +279,15 @@ def main() -> None:
         return [word.strip(".,?!'\"").lower() for word in text.split()]
 
     said = [spoken_words(turn.text) for turn in turns]
-    heard = [set(spoken_words(turn.transcript)) for turn in turns]
-    recall = sum(sum(word in h for word in s) for s, h in zip(said, heard, strict=True)) / sum(map(len, said))
-    exact = sum(spoken_words(turn.transcript) == s for turn, s in zip(turns, said, strict=True))
-    print(
-        f"transcripts: {exact}/{len(turns)} word for word; {recall:.0%} of spoken words heard "
-        "(numbers come out as digits: 'two' -> '2' counts as missed)"
-    )
+    for label, attribute in [("streaming", "transcript"), ("baseline", "base_transcript")]:
+        heard = [spoken_words(getattr(turn, attribute)) for turn in turns]
+        found = sum(sum(word in set(h) for word in s) for s, h in zip(said, heard, strict=True))
+        exact = sum(h == s for s, h in zip(said, heard, strict=True))
+        print(
+            f"{label} transcripts: {exact}/{len(turns)} word for word, "
+            f"{found / sum(map(len, said)):.0%} of spoken words heard"
+        )
+    print("(Whisper writes numbers as digits: 'two' heard as '2' counts as missed)")
     if args.json:
         args.json.write_text(json.dumps([asdict(turn) for turn in turns], indent=1))
 
