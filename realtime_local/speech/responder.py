@@ -93,6 +93,23 @@ def _clean_value(text: str) -> str:
     return value.strip()
 
 
+_QUOTED_GREETING = re.compile(
+    r"\b(?:greet|say|saying|start with|begin with|introduce yourself)\b[^\"“]{0,40}[\"“]([^\"”]{2,160})[\"”]",
+    re.IGNORECASE,
+)
+
+
+def greeting_from(instructions: str) -> str:
+    """The greeting the instructions ask for in quotes (`Greet the caller with "Welcome to Acme!"`),
+    else `GREETING`: rules cannot follow free-form instructions, but a scripted greeting they can.
+
+    >>> greeting_from('You are a help desk. Always greet with "Acme support, how can I help?"')
+    'Acme support, how can I help?'
+    """
+    found = _QUOTED_GREETING.search(instructions or "")
+    return found.group(1).strip() if found else GREETING
+
+
 class RuleResponder:
     """Deterministic replies; see the module docstring. Stateless and thread-safe."""
 
@@ -101,7 +118,7 @@ class RuleResponder:
     ) -> Iterator[Reply]:
         last = next((turn for turn in reversed(conversation) if turn.role != "system"), None)
         if last is None:
-            yield TextReply(GREETING)
+            yield TextReply(greeting_from(instructions))
             return
         if last.role == "function_call_output":
             yield TextReply(f"Here is what I found: {summarize_output(last.text)}")
@@ -127,7 +144,7 @@ class RuleResponder:
             return
         first_turn = not any(turn.role == "assistant" for turn in conversation)
         if words and words <= _GREETING_WORDS | {"there", "how", "are", "you", "good"}:
-            yield TextReply(GREETING)
+            yield TextReply(greeting_from(instructions))
             return
         echo = f"You said: {heard if heard.endswith(('.', '?', '!')) else heard + '.'}"
         yield TextReply(f"Hello! {echo}" if first_turn else echo)

@@ -62,6 +62,12 @@ def test_an_empty_conversation_is_greeted() -> None:
     assert rules() == [TextReply(GREETING)]
 
 
+def test_a_quoted_greeting_in_the_instructions_is_used() -> None:
+    instructions = 'You answer for Acme. Start with "Welcome to Acme, what can I do for you?" and be brief.'
+    replies = list(RuleResponder().reply(instructions=instructions, conversation=[user("Hi")], tools=[]))
+    assert replies == [TextReply("Welcome to Acme, what can I do for you?")]
+
+
 def test_a_greeting_is_answered_with_a_greeting() -> None:
     assert rules(user("Hello there!")) == [TextReply(GREETING)]
 
