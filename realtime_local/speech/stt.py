@@ -51,9 +51,9 @@ class TranscriptionResult:
 class WhisperTranscriber:
     """`Transcriber` backed by faster-whisper.
 
-    Thread safety: one transcription at a time (CTranslate2 has one worker; concurrent calls would
-    queue inside it anyway). `StreamingTranscription` serializes its calls with its own lock; give
-    each concurrent user of a shared transcriber its own lock or accept the queueing.
+    Thread safety: safe to call from several threads (one per call); CTranslate2 runs one
+    transcription at a time (`num_workers=1`: a second would only halve each one's cores) and
+    queues the others, so a busy engine adds queueing, not errors.
     """
 
     def __init__(
@@ -75,7 +75,6 @@ class WhisperTranscriber:
             local_files_only=True,
         )
         self._tokenizers: dict[str, Tokenizer] = {}
-        self.lock = threading.Lock()
 
     def warm_up(self) -> None:
         """Transcribe once: the first CTranslate2 call allocates its buffers and is several times slower.

@@ -124,3 +124,21 @@ def test_finish_transcribes_the_stopped_utterance_even_after_the_next_began(
     assert [event.kind for event in events] == ["speech_started"], "the next utterance is under way"
 
     assert "morning" in words(streaming.finish())
+
+
+@pytest.mark.speech
+def test_calls_from_several_threads_each_get_their_transcript(speech_stack: SpeechStack, say: Say) -> None:
+    clips = {"weather": say("What is the weather in Paris"), "morning": say("Good morning to you")}
+    results: dict[str, str] = {}
+
+    def transcribe(key: str) -> None:
+        results[key] = speech_stack.transcriber.transcribe(clips[key])
+
+    threads = [threading.Thread(target=transcribe, args=(key,)) for key in clips]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert "weather" in words(results["weather"]) and "paris" in words(results["weather"])
+    assert "morning" in words(results["morning"])
