@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
+from calls import metrics
 from calls.models import AgentProfile, Call, Event, ToolInvocation, TranscriptTurn
 
 
@@ -67,3 +72,91 @@ def call_tool_invocations(*, call: Call) -> list[ToolInvocation]:
 def default_agent_profile() -> AgentProfile:
     """The default profile (created by migration 0002); `AgentProfile.DoesNotExist` if an admin removed it."""
     return AgentProfile.objects.get(is_default=True)
+
+
+# ---- turn latency and the agent comparison (console helper) ---------------------------------------
+
+
+def call_turn_latencies(*, call: Call) -> list[float]:
+    """The call's per-turn round-trip latencies in ms (see `calls.metrics.turn_latencies_ms`); one query."""
+    rows = (
+        Event.objects.filter(call=call, type__in=metrics.LATENCY_EVENT_TYPES)
+        .order_by("sequence")
+        .values_list("type", "received_at")
+    )
+    return metrics.turn_latencies_ms(rows)
+
+
+@dataclass(frozen=True)
+class AgentComparison:
+    """One agent profile's figures over a period, for the side-by-side comparison page."""
+
+    agent: AgentProfile
+    calls: int
+    failures: int
+    interruptions: int
+    tool_calls: int
+    latencies_ms: list[float]
+
+    @property
+    def answered_turns(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def median_latency_ms(self) -> float | None:
+        return metrics.median(self.latencies_ms)
+
+    @property
+    def p95_latency_ms(self) -> float | None:
+        return metrics.percentile(self.latencies_ms, 0.95)
+
+
+def _count_for_agent(
+    model: type[Call] | type[TranscriptTurn] | type[ToolInvocation], call_path: str, **filters: Any
+) -> Coalesce:
+    """A correlated COUNT(*) of `model` rows whose call belongs to the outer agent profile."""
+    counts = (
+        model.objects.filter(**{f"{call_path}agent": OuterRef("pk")}, **filters)
+        .order_by()
+        .values(f"{call_path}agent")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counts, output_field=IntegerField()), Value(0))
+
+
+def agent_comparison(*, since: dt.datetime | None = None) -> list[AgentComparison]:
+    """Every agent profile with its calls, failures, interruptions, tool calls and turn latencies
+    over calls created at or after `since` (all time if None). Two queries, whatever the data size:
+    the counts as correlated subqueries, then the latency events of those calls in one ordered scan.
+    """
+    window: dict[str, Any] = {} if since is None else {"created_at__gte": since}
+    in_window: dict[str, Any] = {} if since is None else {"call__created_at__gte": since}
+    profiles = list(
+        AgentProfile.objects.annotate(
+            call_count=_count_for_agent(Call, "", **window),
+            failure_count=_count_for_agent(Call, "", status=Call.Status.FAILED, **window),
+            interruption_count=_count_for_agent(TranscriptTurn, "call__", interrupted=True, **in_window),
+            tool_count=_count_for_agent(ToolInvocation, "call__", **in_window),
+        ).order_by("-is_default", "name")
+    )
+    rows = (
+        Event.objects.filter(type__in=metrics.LATENCY_EVENT_TYPES, **in_window)
+        .order_by("call_id", "sequence")
+        .values_list("call__agent_id", "call_id", "type", "received_at")
+    )
+    latencies: dict[int, list[float]] = {}
+    for (agent_id, _call_id), events in groupby(rows.iterator(), key=lambda row: (row[0], row[1])):
+        per_call = metrics.turn_latencies_ms((event_type, at) for _, _, event_type, at in events)
+        latencies.setdefault(agent_id, []).extend(per_call)
+    return [
+        AgentComparison(
+            agent=profile,
+            calls=profile.call_count,
+            failures=profile.failure_count,
+            interruptions=profile.interruption_count,
+            tool_calls=profile.tool_count,
+            latencies_ms=latencies.get(profile.pk, []),
+        )
+        for profile in profiles
+    ]

@@ -8,7 +8,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from calls import selectors
+from calls import metrics, selectors
 from calls.permissions import staff_required
 
 CALLS_PER_PAGE = 20
@@ -24,8 +24,9 @@ def call_list(request: HttpRequest) -> HttpResponse:
 
 @staff_required
 def call_detail(request: HttpRequest, call_id: uuid.UUID) -> HttpResponse:
-    """One of the user's own calls with its transcript; 404 for calls that are not theirs."""
+    """One of the user's own calls: facts, turn latency, transcript and tool calls; 404 for others'."""
     call = selectors.get_user_call(user=request.user, call_id=call_id)
+    latencies = selectors.call_turn_latencies(call=call)
     return render(
         request,
         "calls/call_detail.html",
@@ -33,5 +34,10 @@ def call_detail(request: HttpRequest, call_id: uuid.UUID) -> HttpResponse:
             "call": call,
             "turns": selectors.call_transcript(call=call),
             "tool_invocations": selectors.call_tool_invocations(call=call),
+            "latency": {
+                "turns": len(latencies),
+                "median_ms": metrics.median(latencies),
+                "p95_ms": metrics.percentile(latencies, 0.95),
+            },
         },
     )
