@@ -148,10 +148,11 @@ def _upstream_error(status: int, body: bytes, *, retry_after: int | None = None)
             f"The Realtime API failed with HTTP {status}{detail}",
             status=status,
             code=code or "upstream_error",
+            retry_after=retry_after,
         )
     if message is None:
         message = f"The Realtime API refused the request with HTTP {status}."
-    return RealtimeError(message, status=status, code=code)
+    return RealtimeError(message, status=status, code=code, retry_after=retry_after)
 
 
 @dataclass(frozen=True)

@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp import web
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.test import AsyncClient
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from calls.models import AgentProfile
 from realtime_local.app import ENGINE, Engine, create_app
 from realtime_local.call import EngineRuntime
 from realtime_local.config import EngineConfig
 from tests.engine.conftest import API_KEY, RunningEngine, StartEngine, start_engine
 from tests.engine.fixtures_media import ServedEngine, serve_engine, speech_stack
+from tests.factories import StaffUserFactory, UserFactory
 
 __all__ = ["engine_in_thread", "local_engine", "speech_engine", "speech_stack", "start_engine"]
 
@@ -140,3 +145,94 @@ def engine_in_thread(settings: SettingsWrapper) -> Iterator[Callable[..., Thread
     yield start
     for stop in reversed(stops):
         stop()
+
+
+# --- web-backend: signed-in async clients and a misbehaving upstream -----------------------------
+
+
+@dataclass
+class SignedIn:
+    """A user and an `AsyncClient` with their session."""
+
+    user: User
+    client: AsyncClient
+
+
+@pytest.fixture
+def sign_in_async(transactional_db: None) -> Callable[..., Awaitable[SignedIn]]:
+    """Factory: `await sign_in_async(staff=True)` makes a user and an `AsyncClient` signed in as them."""
+
+    async def make(*, staff: bool = True) -> SignedIn:
+        factory = StaffUserFactory if staff else UserFactory
+        user: User = await sync_to_async(factory.create)()
+        client = AsyncClient()
+        await client.aforce_login(user)
+        return SignedIn(user=user, client=client)
+
+    return make
+
+
+@dataclass
+class SeenRequest:
+    """What a fake upstream received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeUpstream:
+    """A real loopback HTTP server standing in for the Realtime API, answering as told."""
+
+    base_url: str
+    seen: list[SeenRequest] = field(default_factory=list)
+
+
+Respond = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def fake_upstream(
+    settings: SettingsWrapper,
+) -> AsyncIterator[Callable[[Respond], Awaitable[FakeUpstream]]]:
+    """Factory: `await fake_upstream(respond)` serves `respond` for every path on loopback, records
+    each request, and points the product's settings at it (REALTIME_HTTP_TIMEOUT 0.5 s)."""
+    runners: list[web.AppRunner] = []
+
+    async def start(respond: Respond) -> FakeUpstream:
+        upstream = FakeUpstream(base_url="")
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            upstream.seen.append(
+                SeenRequest(
+                    method=request.method, path=request.path_qs, headers=dict(request.headers), body=body
+                )
+            )
+            return await respond(request)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        upstream.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        point_settings_at(settings, base_url=upstream.base_url, api_key="sk-fake")
+        settings.REALTIME_HTTP_TIMEOUT = 0.5
+        return upstream
+
+    yield start
+    for runner in runners:
+        await asyncio.wait_for(runner.cleanup(), 10)
+
+
+@pytest.fixture
+def default_agent(transactional_db: None) -> AgentProfile:
+    """The default agent profile (a transactional test flushes the one the data migration made)."""
+    profile, _ = AgentProfile.objects.get_or_create(
+        is_default=True, defaults={"name": "Default agent", "instructions": "Answer briefly."}
+    )
+    return profile
