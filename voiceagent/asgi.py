@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels' URL router."""
+"""ASGI entry point: HTTP through Django, WebSockets through Channels' URL router, and the
+`channel` protocol (messages on named channels, run by `manage.py runworker call-observer`)."""
 
 import os
 
@@ -9,14 +10,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceagent.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from voiceagent.routing import websocket_urlpatterns  # noqa: E402
+from voiceagent.routing import channel_routes, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "channel": ChannelNameRouter(channel_routes),
     }
 )

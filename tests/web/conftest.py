@@ -236,3 +236,72 @@ def default_agent(transactional_db: None) -> AgentProfile:
         is_default=True, defaults={"name": "Default agent", "instructions": "Answer briefly."}
     )
     return profile
+
+
+# --- observer: a fresh channel layer, the observer worker, live calls on the engine ---------------
+
+from calls.models import Call  # noqa: E402  (appended section: shared fixtures grow by appending)
+from tests.factories import AgentProfileFactory  # noqa: E402
+
+
+@pytest.fixture
+def channel_layer(settings: SettingsWrapper) -> Any:
+    """A fresh in-memory channel layer for this test (its queues belong to this test's loop)."""
+    from channels.layers import get_channel_layer
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    return get_channel_layer()
+
+
+@pytest.fixture
+async def observer_worker(channel_layer: Any) -> AsyncIterator[asyncio.Task[None]]:
+    """The `call-observer` Channels worker running on the test's loop, as `serve` embeds it."""
+    from calls.observer.worker import run_embedded_worker
+
+    task = asyncio.create_task(run_embedded_worker())
+    yield task
+    task.cancel()
+    await asyncio.wait([task], timeout=15)
+
+
+@dataclass
+class LiveCall:
+    """A call live on the engine (SIP-style, accepted on `accept()`) and its `Call` row."""
+
+    call: Call
+    engine: RunningEngine
+
+    @property
+    def provider_call_id(self) -> str:
+        assert self.call.provider_call_id is not None
+        return self.call.provider_call_id
+
+    async def accept(self) -> None:
+        """Answer the call with the session config of its agent (as the telephony service will)."""
+        from calls.services.session_config import build_session_config
+
+        session = await sync_to_async(build_session_config)(self.call.agent, mode=self.call.mode)
+        response = await self.engine.control(self.provider_call_id, "accept", session)
+        assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+def make_live_call(transactional_db: None) -> Callable[..., Awaitable[LiveCall]]:
+    """Factory: `await make_live_call(engine, user=…, **call_fields)` creates an incoming call on the
+    engine and its connecting `Call` row (web audio call of `user`, a new staff user by default)."""
+
+    async def make(engine: RunningEngine, *, user: User | None = None, **fields: Any) -> LiveCall:
+        provider_call_id = await engine.incoming_call()
+        owner = user or await sync_to_async(StaffUserFactory.create)()
+        agent = fields.pop("agent", None) or await sync_to_async(AgentProfileFactory.create)()
+        call = await Call.objects.acreate(
+            provider_call_id=provider_call_id,
+            user=owner,
+            agent=agent,
+            status=Call.Status.CONNECTING,
+            **fields,
+        )
+        call.agent = agent
+        return LiveCall(call=call, engine=engine)
+
+    return make

@@ -205,7 +205,13 @@ class Command(BaseCommand):
             call_command("collectstatic", interactive=False, verbosity=0)
 
     def start_in_process_services(self) -> None:
-        """Hook for services that run inside the web process (the embedded call observer)."""
+        """Services that run inside the web process: the call observer's Channels worker, on daphne's
+        event loop (so that it shares the in-memory channel layer with the web code)."""
+        from calls.observer.dispatch import OBSERVER_CHANNEL
+        from calls.observer.embedded import install_embedded_worker
+
+        install_embedded_worker()
+        self.stdout.write(f"Call observer: embedded worker for channel {OBSERVER_CHANNEL!r}.")
 
     def serve(self, *, host: str, port: int) -> None:
         """Run daphne until Ctrl-C/SIGTERM (daphne installs its own handlers for both)."""

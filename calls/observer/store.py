@@ -1,0 +1,169 @@
+"""The observer's database writes and reads (synchronous ORM; the observer calls them through
+`database_sync_to_async`, one bounded call per batch).
+
+The observer is the only writer of a call's events and transcript; these functions are its writes,
+each one transaction, so what the live console is told about has been committed first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+
+from calls.models import Call, Event, TranscriptTurn
+from calls.observer.transcript import Turn
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """A received (or synthesized) event waiting to be written."""
+
+    sequence: int
+    type: str
+    payload: dict[str, Any]
+    received_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class CallSnapshot:
+    """What the observer needs to know about its call when it starts."""
+
+    id: uuid.UUID
+    provider_call_id: str | None
+    status: str
+    mode: str
+    answered_at: dt.datetime | None
+    max_call_duration_s: int
+    usage: dict[str, Any]
+    last_sequence: int
+    expected_session: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CallState:
+    """The status fields the live console shows."""
+
+    status: str
+    end_reason: str
+    error: str
+
+
+def load_call(call_id: uuid.UUID) -> CallSnapshot | None:
+    """The call with its agent and the last stored sequence; None if it does not exist."""
+    from calls.services.session_config import build_session_config
+
+    call = Call.objects.select_related("agent").filter(pk=call_id).first()
+    if call is None:
+        return None
+    last = Event.objects.filter(call_id=call_id).aggregate(last=Max("sequence"))["last"] or 0
+    return CallSnapshot(
+        id=call.id,
+        provider_call_id=call.provider_call_id,
+        status=call.status,
+        mode=call.mode,
+        answered_at=call.answered_at,
+        max_call_duration_s=call.agent.max_call_duration,
+        usage=dict(call.usage or {}),
+        last_sequence=last,
+        expected_session=build_session_config(call.agent, mode=call.mode),
+    )
+
+
+def load_call_model(call_id: uuid.UUID) -> Call | None:
+    return Call.objects.select_related("agent", "user").filter(pk=call_id).first()
+
+
+def call_state(call_id: uuid.UUID) -> CallState | None:
+    row = Call.objects.filter(pk=call_id).values("status", "end_reason", "error").first()
+    return None if row is None else CallState(row["status"], row["end_reason"], row["error"])
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What changed in the call row with the batch (for status messages)."""
+
+    activated_at: dt.datetime | None
+
+
+def write_batch(
+    *,
+    call_id: uuid.UUID,
+    events: list[PendingEvent],
+    turns: list[Turn],
+    usage: dict[str, Any] | None,
+    activate_at: dt.datetime | None,
+    tampered: bool,
+) -> BatchResult:
+    """Store events, transcript turns and call fields in one transaction.
+
+    `activate_at` moves a connecting call to active (answered then); a call in any other status is
+    left alone, so a late batch never revives a call that ended.
+    """
+    activated: dt.datetime | None = None
+    with transaction.atomic():
+        if events:
+            Event.objects.bulk_create(
+                [
+                    Event(
+                        call_id=call_id,
+                        sequence=event.sequence,
+                        type=event.type,
+                        payload=event.payload,
+                        received_at=event.received_at,
+                    )
+                    for event in events
+                ]
+            )
+        for turn in turns:
+            TranscriptTurn.objects.update_or_create(
+                call_id=call_id,
+                item_id=turn.item_id,
+                defaults={
+                    "role": turn.role,
+                    "text": turn.text,
+                    "started_at": turn.started_at,
+                    "ended_at": turn.ended_at,
+                    "interrupted": turn.interrupted,
+                },
+            )
+        fields: dict[str, Any] = {}
+        if usage is not None:
+            fields["usage"] = usage
+        if tampered:
+            fields["session_tampered"] = True
+        if fields:
+            Call.objects.filter(pk=call_id).update(**fields)
+        if activate_at is not None:
+            changed = Call.objects.filter(pk=call_id, status=Call.Status.CONNECTING).update(
+                status=Call.Status.ACTIVE, answered_at=activate_at
+            )
+            if changed:
+                activated = activate_at
+    return BatchResult(activated_at=activated)
+
+
+def finish_call(
+    *, call_id: uuid.UUID, status: str, end_reason: str, error: str, at: dt.datetime
+) -> CallState:
+    """Mark the call ended (or failed) unless it already is final; return its state. A call our
+    hang-up service already ended keeps its status and reason."""
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(pk=call_id).first()
+        if call is None:
+            return CallState(status, end_reason, error)
+        if call.is_final:
+            if call.ended_at is None:
+                call.ended_at = at
+                call.save(update_fields=["ended_at"])
+            return CallState(call.status, call.end_reason, call.error)
+        call.status = status
+        call.ended_at = at
+        call.end_reason = end_reason[:100]
+        call.error = error
+        call.save(update_fields=["status", "ended_at", "end_reason", "error"])
+        return CallState(call.status, call.end_reason, call.error)
