@@ -103,10 +103,14 @@ async def request_user(request: HttpRequest) -> User:
 
 def read_json_object(request: HttpRequest, *, required: bool) -> dict[str, Any] | JsonResponse:
     """The request's JSON object body, or the error response to return (400/413/415)."""
+    if request.content_type != "application/json":
+        # An optional body may be absent (a bare fetch sends no content type); anything else is ignored
+        # rather than parsed, since Django's CSRF check may already have consumed a form body.
+        if not required:
+            return {}
+        return json_error(415, "Send the body as application/json.", code="unsupported_media_type")
     if not request.body:
         return json_error(400, "A JSON body is required.", code="missing_body") if required else {}
-    if request.content_type != "application/json":
-        return json_error(415, "Send the body as application/json.", code="unsupported_media_type")
     if len(request.body) > MAX_JSON_BYTES:
         return json_error(413, f"The body exceeds {MAX_JSON_BYTES} bytes.", code="body_too_large")
     try:
