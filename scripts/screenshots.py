@@ -56,9 +56,14 @@ class DemoServer:
     call_id: str
     log_path: Path
     process: subprocess.Popen[bytes]
+    db_path: Path | None = None
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's output (for a failing test's message)."""
+        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 def seed_demo_data() -> str:
@@ -197,7 +202,94 @@ def seed_demo_data() -> str:
         ended_at=phone_start + dt.timedelta(seconds=130),
         end_reason="referred to a human",
     )
+    _seed_comparison(agent, now)
     return str(call.pk)
+
+
+def _seed_comparison(default_agent: Any, now: Any) -> None:
+    """Phone calls of three agent profiles with measured turns, for the comparison page."""
+    import datetime as dt
+
+    from calls.models import AgentProfile, Call, Event, ToolInvocation, TranscriptTurn
+
+    profiles = [
+        (default_agent, [620, 710, 840, 580, 930, 690], 1, 1, False),
+        (
+            AgentProfile.objects.create(name="Cedar mini", voice="cedar", model="gpt-realtime-mini"),
+            [410, 460, 520, 390, 610],
+            2,
+            0,
+            True,
+        ),
+        (
+            AgentProfile.objects.create(
+                name="Alloy verbose", voice="alloy", model="gpt-realtime", instructions="Answer in detail."
+            ),
+            [980, 1240, 1110, 1530],
+            0,
+            2,
+            False,
+        ),
+    ]
+    for n, (profile, gaps, interruptions, tools, failed) in enumerate(profiles):
+        start = now - dt.timedelta(hours=3 + n)
+        call = Call.objects.create(
+            provider_call_id=f"rtc_demo_compare{n}",
+            source=Call.Source.SIP,
+            mode=Call.Mode.PHONE,
+            transport=Call.Transport.SIP,
+            caller_number=f"+1555010020{n}",
+            agent=profile,
+            status=Call.Status.ENDED,
+            created_at=start,
+            answered_at=start + dt.timedelta(seconds=1),
+            ended_at=start + dt.timedelta(seconds=60),
+            end_reason="caller hung up",
+        )
+        events: list[Event] = []
+        for turn, gap in enumerate(gaps):
+            stopped = start + dt.timedelta(seconds=5 + 8 * turn)
+            for offset, kind in (
+                (0, "input_audio_buffer.speech_stopped"),
+                (gap, "response.output_audio_transcript.delta"),
+            ):
+                events.append(
+                    Event(
+                        call=call,
+                        sequence=len(events) + 1,
+                        type=kind,
+                        payload={"type": kind},
+                        received_at=stopped + dt.timedelta(milliseconds=offset),
+                    )
+                )
+        Event.objects.bulk_create(events)
+        for i in range(interruptions):
+            TranscriptTurn.objects.create(
+                call=call,
+                item_id=f"item_cmp{n}{i}",
+                role="assistant",
+                text="Sure, the opening hours are",
+                interrupted=True,
+            )
+        for i in range(tools):
+            ToolInvocation.objects.create(
+                call=call,
+                function_call_id=f"call_cmp{n}{i}",
+                tool_name="get_time",
+                status=ToolInvocation.Status.COMPLETED,
+                duration_ms=9,
+            )
+        if failed:
+            Call.objects.create(
+                provider_call_id=f"rtc_demo_compare_failed{n}",
+                source=Call.Source.SIP,
+                mode=Call.Mode.PHONE,
+                transport=Call.Transport.SIP,
+                agent=profile,
+                status=Call.Status.FAILED,
+                created_at=start,
+                error="Upstream answered 502",
+            )
 
 
 def free_port() -> int:
@@ -224,10 +316,19 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], *, timeout_s: floa
 
 
 @contextlib.contextmanager
-def demo_server(*, debug: bool = True, startup_timeout_s: float = 60.0) -> Iterator[DemoServer]:
+def demo_server(
+    *,
+    debug: bool = True,
+    startup_timeout_s: float = 60.0,
+    engine: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[DemoServer]:
     """Migrate and seed a fresh SQLite database, serve it with `manage.py serve`, stop it afterwards.
 
     With `debug=False` the server runs as in production (collectstatic, whitenoise, Secure cookies).
+    With `engine=True` `serve` also starts the local realtime engine (with speech) as its child, on a
+    free port that offers loopback ICE candidates, so a browser on this machine can call it; the
+    call observer runs inside the server process as in `make run`.
     """
     workdir = Path(tempfile.mkdtemp(prefix="voiceagent-demo-"))
     env = {
@@ -242,6 +343,9 @@ def demo_server(*, debug: bool = True, startup_timeout_s: float = 60.0) -> Itera
         DJANGO_SETTINGS_MODULE="voiceagent.settings",
         LOG_LEVEL="WARNING",
     )
+    if engine:
+        env.update(REALTIME_LOCAL_PORT=str(free_port()), REALTIME_LOCAL_LOOPBACK_CANDIDATES="1")
+    env.update(extra_env or {})
     manage = [sys.executable, str(REPO / "manage.py")]
     log_path = workdir / "server.log"
     process: subprocess.Popen[bytes] | None = None
@@ -259,7 +363,15 @@ def demo_server(*, debug: bool = True, startup_timeout_s: float = 60.0) -> Itera
         port = free_port()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [*manage, "serve", "--no-engine", "--host", "127.0.0.1", "--port", str(port)],
+                [
+                    *manage,
+                    "serve",
+                    *([] if engine else ["--no-engine"]),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
                 cwd=REPO,
                 env=env,
                 stdout=log,
@@ -267,7 +379,13 @@ def demo_server(*, debug: bool = True, startup_timeout_s: float = 60.0) -> Itera
             )
         base_url = f"http://127.0.0.1:{port}"
         _wait_healthy(f"{base_url}/healthz", process, timeout_s=startup_timeout_s, log_path=log_path)
-        yield DemoServer(base_url=base_url, call_id=call_id, log_path=log_path, process=process)
+        yield DemoServer(
+            base_url=base_url,
+            call_id=call_id,
+            log_path=log_path,
+            process=process,
+            db_path=workdir / "db.sqlite3",
+        )
     finally:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -280,12 +398,25 @@ def demo_server(*, debug: bool = True, startup_timeout_s: float = 60.0) -> Itera
 
 
 @contextlib.contextmanager
-def chromium() -> Iterator[Browser]:
-    """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+def chromium(*, fake_microphone: Path | None = None) -> Iterator[Browser]:
+    """Headless Debian Chromium driven by Playwright (never a downloaded browser).
+
+    With `fake_microphone` (a 48 kHz WAV) the browser grants media without asking and plays that file
+    once as its microphone; loopback ICE candidates and autoplay are allowed, for calls on this machine.
+    """
     from playwright.sync_api import sync_playwright
 
+    args = list(CHROMIUM_FLAGS)
+    if fake_microphone is not None:
+        args += [
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={fake_microphone.resolve()}%noloop",
+            "--autoplay-policy=no-user-gesture-required",
+            "--allow-loopback-in-peer-connection",
+        ]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
             yield browser
         finally:
@@ -332,6 +463,8 @@ def take_screenshots(server: DemoServer, browser: Browser, out_dir: Path) -> lis
     shot(page, "console")
     page.goto(server.url("/calls/"))
     shot(page, "history")
+    page.goto(server.url("/calls/compare/"))
+    shot(page, "compare")
     page.goto(server.url(f"/calls/{server.call_id}/"))
     shot(page, "call_transcript")
     page.goto(server.url("/admin/calls/call/"))

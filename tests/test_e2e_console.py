@@ -176,7 +176,16 @@ def test_a_non_staff_user_sees_the_403_page_after_signing_in(server: DemoServer,
 def test_screenshots_of_every_page(server: DemoServer, browser: Browser) -> None:
     shots = take_screenshots(server, browser, DEFAULT_OUT)
     names = {path.stem for path in shots}
-    expected = {"login", "console", "history", "call_transcript", "admin_calls", "admin_call", "forbidden"}
+    expected = {
+        "login",
+        "console",
+        "history",
+        "compare",
+        "call_transcript",
+        "admin_calls",
+        "admin_call",
+        "forbidden",
+    }
     assert expected <= names
     for path in shots:
         assert Path(path).stat().st_size > 20_000, f"{path} looks empty"
