@@ -107,14 +107,33 @@ class ObserverWorkerConsumer(AsyncConsumer):  # type: ignore[misc]
             logger.info("call %s: stop requested but not observed here", call_id)
 
 
+class EmbeddedWorker(Worker):  # type: ignore[misc]
+    """Channels' `Worker` that can be cancelled: its listener tasks and application instances (which
+    the stock worker leaves running, since `runworker` ends with its whole loop) end with it."""
+
+    async def handle(self) -> None:
+        listeners = [asyncio.ensure_future(self.listener(channel)) for channel in self.channels]
+        try:
+            await asyncio.gather(*listeners)
+        finally:
+            for listener in listeners:
+                listener.cancel()
+            futures = [details["future"] for details in self.application_instances.values()]
+            for scope_id in list(self.application_instances):
+                self.delete_application_instance(scope_id)
+            await asyncio.gather(*listeners, *futures, return_exceptions=True)
+
+
 def build_worker() -> Worker:
-    """A Channels `Worker` for the observer channel on the default layer (what `runworker` runs)."""
+    """A worker for the observer channel on the default layer (what `runworker call-observer` runs)."""
     from channels.routing import get_default_application
 
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("CHANNEL_LAYERS is not configured; the call observer cannot run")
-    return Worker(application=get_default_application(), channels=[OBSERVER_CHANNEL], channel_layer=layer)
+    return EmbeddedWorker(
+        application=get_default_application(), channels=[OBSERVER_CHANNEL], channel_layer=layer
+    )
 
 
 async def run_embedded_worker() -> None:
