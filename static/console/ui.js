@@ -26,6 +26,7 @@ export class ConsoleUI extends EventTarget {
     this.preview = $("#preview");
     this.previewLabel = $("#preview-label");
     this.previewVideo = $("#preview-video");
+    this.previewEmpty = root.querySelector(".preview-empty .preview-text");
     this.remoteAudio = $("#remote-audio");
     this.modeButtons = Array.from(root.querySelectorAll("#mode-picker [data-mode]"));
     const checked = this.modeButtons.find((b) => b.getAttribute("aria-checked") === "true");
@@ -78,6 +79,11 @@ export class ConsoleUI extends EventTarget {
     this.endButton.disabled = !(state === "connecting" || state === "active");
     for (const button of [...this.modeButtons, ...this.transportButtons]) button.disabled = busy;
     document.documentElement.dataset.sessionState = state;
+    if (this.previewEmpty) {
+      this.previewEmpty.textContent = busy
+        ? "Audio only — no video in this mode."
+        : "No media yet — launch a session.";
+    }
   }
 
   /** Show a local or remote video stream in the preview (null clears it). */
