@@ -281,9 +281,11 @@ class Session:
         if td is None:
             return None
         if td.get("type") == "semantic_vad":
-            eagerness = td.get("eagerness", "auto")
-            silence = {"low": 1200, "medium": 700, "high": 350}.get(eagerness, 700)
-            return TurnDetectionConfig(silence_duration_ms=silence)
+            eagerness = td.get("eagerness")
+            return TurnDetectionConfig(
+                type="semantic_vad",
+                eagerness=eagerness if eagerness in ("low", "medium", "high") else "auto",
+            )
         return TurnDetectionConfig(
             threshold=float(td.get("threshold") or 0.5),
             prefix_padding_ms=int(td.get("prefix_padding_ms") or 300),

@@ -23,11 +23,14 @@ INPUT_SAMPLE_RATE = 16_000
 
 @dataclass(frozen=True)
 class TurnDetectionConfig:
-    """Server VAD parameters, as in the session's `audio.input.turn_detection`."""
+    """The session's `audio.input.turn_detection`: server VAD parameters, or `semantic_vad` with
+    its `eagerness` (which then chooses the silence waits; see `semantic.py`)."""
 
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    eagerness: Literal["low", "medium", "high", "auto"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Literal, cast
 from . import weights
 from .base import Responder, Synthesizer, TurnDetectionConfig
 from .responder import LlamaCppResponder, OpenAICompatibleResponder, RuleResponder
+from .semantic import SemanticVadTurnDetector
 from .stt import StreamingTranscription, WhisperTranscriber
 from .tts import EspeakSynthesizer, PiperSynthesizer
 from .vad import ServerVadTurnDetector, SileroModel
@@ -128,7 +129,10 @@ class SpeechStack:
     timings: dict[str, float] = field(default_factory=dict)
 
     def new_turn_detector(self, config: TurnDetectionConfig | None = None) -> ServerVadTurnDetector:
-        """A call's server VAD (its own recurrent state; the ONNX model is shared)."""
+        """A call's turn detector (its own recurrent state; the ONNX model is shared): server VAD,
+        or `SemanticVadTurnDetector` when `config.type` is `semantic_vad`."""
+        if config is not None and config.type == "semantic_vad":
+            return SemanticVadTurnDetector(self.vad_model, config)
         return ServerVadTurnDetector(self.vad_model, config)
 
     def new_streaming_transcription(
@@ -138,12 +142,15 @@ class SpeechStack:
 
         `language` (the session's `audio.input.transcription.language`) overrides the stack's.
         """
-        return StreamingTranscription(
+        stream = StreamingTranscription(
             self.transcriber,
             detector,
             interval_s=self.options.partial_interval_ms / 1000,
             language=language or self.options.stt_language,
         )
+        if isinstance(detector, SemanticVadTurnDetector):
+            detector.attach_transcription(stream.transcribe_pause)  # its verdicts reuse our runs
+        return stream
 
 
 def load_speech_stack(options: SpeechOptions | None = None) -> SpeechStack:

@@ -250,11 +250,20 @@ class StreamingTranscription:
             audio = audio[: snap.end_sample + self._detector.tail_samples]
         key: tuple[int, int, int | None] = (snap.utterance_id, len(audio), snap.end_sample)
         with self._lock:
-            if key == self._last_key:
+            last = self._last_key
+            # At a pause, a run up to the same end counts whatever audio followed it (as finish()).
+            if key == last or (last is not None and snap.end_sample is not None and last[::2] == key[::2]):
                 return self._last_text
             text = self._transcriber.transcribe(audio, language=self.language)
             self._last_key, self._last_text = key, text
             return text
+
+    def transcribe_pause(self, snap: UtteranceSnapshot) -> str:
+        """Transcript of `snap` up to its candidate end, for `SemanticVadTurnDetector`'s verdict.
+
+        The worker's run at that pause (in flight or done) is returned instead of a second run.
+        """
+        return self._run(snap)
 
     def partial(self) -> str:
         """Transcript of the utterance so far (up to the candidate end when the speaker paused)."""
