@@ -41,9 +41,10 @@ export class LiveFeed extends EventTarget {
     socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
       if (this.closed) return this.#setState("closed");
-      if (event.code === 4403) {
+      if (event.code === 4403 || event.code === 4404) {
+        // Not ours, or unknown: retrying cannot help.
         this.closed = true;
-        return this.#setState("closed", "not allowed to watch this call");
+        return this.#setState("closed", event.code === 4403 ? "not allowed to watch this call" : "no such call");
       }
       if (this.retries >= this.maxRetries) {
         this.closed = true;

@@ -59,7 +59,10 @@ export class LiveView {
     this.#fact("peer", session.pc.connectionState);
     const feed = new LiveFeed(session.callId);
     this.feed = feed;
-    feed.addEventListener("state", (e) => this.#fact("feed", e.detail.state));
+    feed.addEventListener("state", (e) => {
+      this.#fact("feed", e.detail.state);
+      if (e.detail.detail && this.feed === feed) session.log.log("Live feed", `${e.detail.state}: ${e.detail.detail}`);
+    });
     feed.addEventListener("event", (e) => this.#onEvent(e.detail));
     feed.addEventListener("status", (e) => this.#onStatus(e.detail, session));
   }
