@@ -12,6 +12,7 @@ Status changes are conditional updates that never move a call out of a final sta
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Final
@@ -147,6 +148,12 @@ async def start_web_call(
     except RealtimeError as exc:
         logger.warning("call %s: upstream refused the offer (%s, %s)", call.id, exc.status, exc.code)
         await amark_call_failed(call=call, error=exc.message)
+        raise
+    except asyncio.CancelledError:
+        # The browser went away mid-request (Django cancels the view): no answer will ever reach it.
+        await asyncio.shield(
+            amark_call_failed(call=call, error="The browser disconnected before the answer.")
+        )
         raise
     call.provider_call_id = created.provider_call_id
     await call.asave(update_fields=["provider_call_id"])

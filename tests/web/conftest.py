@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import AsyncClient
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -305,3 +306,14 @@ def make_live_call(transactional_db: None) -> Callable[..., Awaitable[LiveCall]]
         return LiveCall(call=call, engine=engine)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+async def close_async_orm_connections() -> AsyncIterator[None]:
+    """Close the connections that async ORM calls opened in asgiref's shared worker thread.
+
+    Outside a request nothing closes them, and PostgreSQL then refuses to drop the test database
+    ("being accessed by other users") at the end of the session.
+    """
+    yield
+    await sync_to_async(connections.close_all)()

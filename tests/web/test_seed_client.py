@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, include, path
 from pytest_django.fixtures import Settings as SettingsWrapper
@@ -100,41 +101,46 @@ def log_lines(page: Page) -> list[str]:
 def test_the_labs_client_starts_and_stops_a_call_through_our_rtc(
     seed_site: str, engine_in_thread: Callable[..., ThreadedEngine], browser: Browser, transactional_db: None
 ) -> None:
-    engine = engine_in_thread()
-    AgentProfile.objects.get_or_create(is_default=True, defaults={"name": "Default agent"})
-    user = StaffUserFactory.create()
-    page = browser.new_context().new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{seed_site}/accounts/login/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{seed_site}/")
+    try:
+        engine = engine_in_thread()
+        AgentProfile.objects.get_or_create(is_default=True, defaults={"name": "Default agent"})
+        user = StaffUserFactory.create()
+        page = browser.new_context().new_page()
+        page.set_default_timeout(15_000)
+        page.goto(f"{seed_site}/accounts/login/")
+        page.fill("#id_username", user.username)
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{seed_site}/")
 
-    page.goto(f"{seed_site}/seed/")
-    page.click("#start")
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#activity .activity-item')]"
-        ".some(row => row.textContent.includes('Call ID:') || row.textContent.includes('Error'))"
-    )
-    lines = log_lines(page)
-    assert not any("Error" in line for line in lines), lines
-    call = Call.objects.get()
-    assert any(f"Call ID: {call.id}" in line for line in lines), lines
-    assert call.provider_call_id in engine.call_ids()
-    assert (call.user_id, call.mode, call.transport) == (user.pk, "audio", "proxy")
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#activity .activity-item')]"
-        ".some(row => row.textContent.includes('Peer — connected'))"
-    )
+        page.goto(f"{seed_site}/seed/")
+        page.click("#start")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#activity .activity-item')]"
+            ".some(row => row.textContent.includes('Call ID:') || row.textContent.includes('Error'))"
+        )
+        lines = log_lines(page)
+        assert not any("Error" in line for line in lines), lines
+        call = Call.objects.get()
+        assert any(f"Call ID: {call.id}" in line for line in lines), lines
+        assert call.provider_call_id in engine.call_ids()
+        assert (call.user_id, call.mode, call.transport) == (user.pk, "audio", "proxy")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#activity .activity-item')]"
+            ".some(row => row.textContent.includes('Peer — connected'))"
+        )
 
-    page.click("#stop")
+        page.click("#stop")
 
-    def ended() -> bool:
-        call.refresh_from_db()
-        return call.status == Call.Status.ENDED
+        def ended() -> bool:
+            call.refresh_from_db()
+            return call.status == Call.Status.ENDED
 
-    wait_until(ended)
-    assert call.end_reason == "hung up by the user"
-    wait_until(lambda: call.provider_call_id not in engine.call_ids())
-    page.context.close()
+        wait_until(ended)
+        assert call.end_reason == "hung up by the user"
+        wait_until(lambda: call.provider_call_id not in engine.call_ids())
+        page.context.close()
+    finally:
+        # Playwright's running loop makes Django key this thread's connection by context; close it here,
+        # where it was opened, or PostgreSQL refuses to drop the test database at the end.
+        connections.close_all()
