@@ -124,7 +124,8 @@ class CallObserver:
         self._activate_at: dt.datetime | None = None
         self._answered_at: dt.datetime | None = None
         self._answered = asyncio.Event()
-        self._tampered = False
+        #: A tampering seen but not yet recorded on the call row.
+        self._tamper_unwritten = False
         self._tamper_restores = 0
         self._flush_lock = asyncio.Lock()
         self._last_error = ""
@@ -333,7 +334,7 @@ class CallObserver:
         diff = _differences(expected, event)
         if not diff:
             return False
-        self._tampered = True
+        self._tamper_unwritten = True
         self._tamper_restores += 1
         logger.warning(
             "call %s: session %s changed by someone else; restoring ours (%d)",
@@ -411,7 +412,7 @@ class CallObserver:
             turns = self._assembler.take_dirty()
             usage = dict(self._assembler.usage) if self._assembler.usage_dirty else None
             self._assembler.usage_dirty = False
-            activate_at, tampered = self._activate_at, self._tampered
+            activate_at, tampered = self._activate_at, self._tamper_unwritten
             if not (events or turns or usage is not None or activate_at is not None):
                 return
             try:
@@ -433,6 +434,8 @@ class CallObserver:
                 return
             if activate_at is not None:
                 self._activate_at = None
+            if tampered:
+                self._tamper_unwritten = False
             try:
                 if result.activated_at is not None:
                     await publish_status(self.call_id, status=Call.Status.ACTIVE)
