@@ -158,6 +158,20 @@ export class CallSession {
     return pc;
   }
 
+  #hangupUrl() {
+    return (this.config.urls?.hangup ?? DEFAULT_URLS.hangup).replace("{id}", encodeURIComponent(this.callId));
+  }
+
+  /** The page is going away mid-call: ask our server to hang up with a beacon (a same-origin POST
+   * without a body, which the hang-up endpoint accepts by its Origin header) and close the peer. */
+  leave() {
+    if (this.ending || !this.callId) return;
+    navigator.sendBeacon(this.#hangupUrl());
+    this.ending = Promise.resolve();
+    this.pc?.close();
+    stopStream(this.localStream);
+  }
+
   /** Hang up (ours), close the peer, stop local media. Idempotent; `hangup: false` when the call
    * already ended upstream (the server told us). */
   end({ hangup = true, quiet = false } = {}) {
@@ -168,8 +182,7 @@ export class CallSession {
   async #end(hangup, quiet) {
     try {
       if (hangup && this.callId) {
-        const url = (this.config.urls?.hangup ?? DEFAULT_URLS.hangup).replace("{id}", encodeURIComponent(this.callId));
-        await postSameOrigin(url, { body: "", config: this.config, what: "hang-up" });
+        await postSameOrigin(this.#hangupUrl(), { body: "", config: this.config, what: "hang-up" });
         if (!quiet) this.log.log("Signaling", "hung up");
       }
     } finally {

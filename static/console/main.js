@@ -50,6 +50,8 @@ const callClient = {
 };
 
 controller = startConsole({ callClient });
+// Closing or reloading the tab mid-call hangs up instead of leaving the call to time out.
+window.addEventListener("pagehide", () => session?.leave());
 
 window.voiceagentConsole = {
   get state() {

@@ -199,3 +199,18 @@ def test_a_spoken_question_gets_a_spoken_answer_and_is_recorded(
     page.goto(server.url(f"/admin/calls/call/{call_id}/change/"))
     expect(page.locator("#transcript .bubble").first).to_be_visible()
     expect(page.locator("#events .event-list > li").first).to_be_visible()
+
+
+def test_leaving_the_page_mid_call_hangs_up(console: Page, server: DemoServer) -> None:
+    page = console
+    page.click("#launch")
+    page.wait_for_function("window.voiceagentConsole.peerState === 'connected'", timeout=CONNECT_TIMEOUT_MS)
+    call_id = page.evaluate("window.voiceagentConsole.callId")
+    page.goto(server.url("/calls/"))  # pagehide: the console sends its hang-up beacon
+    rows = wait_for_rows(
+        server,
+        "SELECT status, end_reason FROM calls_call WHERE id = ? AND status = 'ended'",
+        call_id.replace("-", ""),
+    )
+    # Our hang-up, not the engine noticing the closed peer (that would read "ended upstream").
+    assert rows[0][1] == "hung up by the user"
