@@ -317,3 +317,25 @@ async def close_async_orm_connections() -> AsyncIterator[None]:
     """
     yield
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+async def observer_inbox() -> Callable[[], Awaitable[dict[str, Any]]]:
+    """Reads what was sent to the observer's channel (for tests where no observer worker runs).
+
+    The channel is flushed first, so earlier tests' requests are not seen. Each call returns the next
+    message, waiting at most 5 s.
+    """
+    from channels.layers import get_channel_layer
+
+    from calls.observer.dispatch import OBSERVER_CHANNEL
+
+    layer = get_channel_layer()
+    assert layer is not None
+    await layer.flush()
+
+    async def receive() -> dict[str, Any]:
+        message: dict[str, Any] = await asyncio.wait_for(layer.receive(OBSERVER_CHANNEL), 5)
+        return message
+
+    return receive

@@ -42,7 +42,9 @@ async def test_client_secret_returns_only_value_and_expiry(
 
 
 async def test_the_key_creates_a_call_that_can_then_be_registered(
-    local_engine: RunningEngine, sign_in_async: SignIn
+    local_engine: RunningEngine,
+    sign_in_async: SignIn,
+    observer_inbox: Callable[[], Awaitable[dict[str, object]]],
 ) -> None:
     """The whole direct transport: key → the browser's own create-call → POST /api/calls."""
     staff = await sign_in_async()
@@ -70,6 +72,7 @@ async def test_the_key_creates_a_call_that_can_then_be_registered(
         "connecting",
         staff.user.pk,
     )
+    assert await observer_inbox() == {"type": "observe.start", "call_id": str(call.id), "reason": ""}
 
 
 async def test_client_secrets_are_rate_limited_per_user(

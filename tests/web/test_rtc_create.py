@@ -239,3 +239,31 @@ async def test_upstream_refusal_is_502_with_its_message(
     message = response.json()["error"]["message"]
     assert message.startswith("The Realtime API refused the request (HTTP 400): Invalid SDP offer")
     assert (await only_call()).status == "failed"
+
+
+async def test_the_observer_is_asked_to_watch_the_new_call(
+    local_engine: RunningEngine,
+    sign_in_async: SignIn,
+    observer_inbox: Callable[[], Awaitable[dict[str, object]]],
+) -> None:
+    staff = await sign_in_async()
+    response = await staff.client.post("/rtc", data=await make_offer(), content_type="application/sdp")
+
+    assert response.status_code == 201
+    call = await only_call()
+    assert await observer_inbox() == {"type": "observe.start", "call_id": str(call.id), "reason": ""}
+
+
+async def test_a_failed_call_is_not_observed(
+    fake_upstream: StartUpstream,
+    sign_in_async: SignIn,
+    observer_inbox: Callable[[], Awaitable[dict[str, object]]],
+) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="bad gateway")
+
+    await fake_upstream(broken)
+    staff = await sign_in_async()
+    assert (await post_offer(staff, TINY_OFFER)).status_code == 502
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(observer_inbox(), 0.3)

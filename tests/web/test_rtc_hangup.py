@@ -172,3 +172,21 @@ async def test_upstream_failure_leaves_the_call_live_for_a_retry(
     assert "HTTP 503" in response.json()["error"]["message"]
     await call.arefresh_from_db()
     assert call.status == "active"
+
+
+async def test_hangup_asks_the_observer_to_stop(
+    local_engine: RunningEngine,
+    sign_in_async: SignIn,
+    observer_inbox: Callable[[], Awaitable[dict[str, object]]],
+) -> None:
+    staff = await sign_in_async()
+    call = await start_call(staff)
+    assert (await observer_inbox())["type"] == "observe.start"
+
+    await staff.client.post(f"/rtc/{call.id}/hangup", headers=SAME_ORIGIN)
+
+    assert await observer_inbox() == {
+        "type": "observe.stop",
+        "call_id": str(call.id),
+        "reason": "hung up by the user",
+    }
