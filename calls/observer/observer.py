@@ -456,9 +456,12 @@ class CallObserver:
             call_id=self.call_id, status=status, end_reason=reason, error=error, at=timezone.now()
         )
         logger.info("call %s: observation over (%s), call %s", self.call_id, outcome.value, state.status)
-        await publish_status(
-            self.call_id, status=state.status, end_reason=state.end_reason, error=state.error
-        )
+        try:
+            await publish_status(
+                self.call_id, status=state.status, end_reason=state.end_reason, error=state.error
+            )
+        except Exception:  # recorded already; a console that reconnects reads the status
+            logger.exception("call %s: publishing the final status failed", self.call_id)
 
     async def _hang_up_quietly(self) -> None:
         """Best effort: a call we can no longer watch or guard should not go on."""
