@@ -226,7 +226,7 @@ class RealtimeClient:
             raise RealtimeTimeout(
                 f"The Realtime API did not answer within {self.timeout:g} s.", code="upstream_timeout"
             ) from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a mistyped REALTIME_BASE_URL
             raise RealtimeUnavailable(
                 f"Could not reach the Realtime API at {self.base_url}: {type(exc).__name__}.",
                 code="upstream_unreachable",

@@ -210,3 +210,11 @@ def test_session_config_push_to_talk_when_the_profile_has_no_turn_detection() ->
     )
     with pytest.raises(ValueError, match="Unknown call mode"):
         build_session_config(profile, mode="hologram")
+
+
+@pytest.mark.parametrize("base_url", ["127.0.0.1:8765/v1", "http://[::1/v1"], ids=["no-scheme", "bad-host"])
+async def test_a_mistyped_base_url_is_unavailable_not_a_crash(base_url: str) -> None:
+    async with RealtimeClient(base_url=base_url, api_key="sk-x", timeout=1) as client:
+        with pytest.raises(RealtimeUnavailable) as raised:
+            await client.hangup_call("rtc_0123456789abcdef")
+    assert raised.value.code == "upstream_unreachable"
