@@ -173,8 +173,8 @@ class CallObserver:
                 await asyncio.gather(*helpers, return_exceptions=True)
                 if self._background:  # a hang-up we started: let it record its reason first
                     await asyncio.wait(self._background, timeout=HANG_UP_WAIT_S)
-                # Shielded: a worker shutting down cancels us, but what was received must be stored.
-                await asyncio.shield(self._flush())
+                # A worker shutting down cancels us, but what was received must be stored.
+                await self._flush()
             self.outcome = outcome
             await self._finish(outcome)
             return outcome
@@ -406,7 +406,11 @@ class CallObserver:
 
     async def _flush(self) -> None:
         """Write what is buffered in one transaction, then publish it. A failed write keeps the batch
-        for the next flush: a received event is never dropped."""
+        for the next flush: a received event is never dropped. Shielded: a flush that has taken the
+        buffer finishes (write and publication) even if its caller is cancelled meanwhile."""
+        await asyncio.shield(self._flush_now())
+
+    async def _flush_now(self) -> None:
         async with self._flush_lock:
             events, self._buffer = self._buffer, []
             turns = self._assembler.take_dirty()
