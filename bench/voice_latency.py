@@ -12,6 +12,10 @@ with audible energy, so the figures include Silero's detection lag and the delib
 The baseline, measured on the same utterances in the same run, is the naive pipeline of the
 prototype: after the turn is detected, transcribe the whole utterance with faster-whisper's 30 s
 window, get the reply, synthesize the whole reply text, then play.
+
+The same questions then run through each turn-detection mode of the comparison table
+(server_vad 500 ms and 300 ms, semantic_vad auto and high), and each mode is also fed utterances
+that pause 600 ms after a dangling "and" to count the turns it would wrongly split.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from realtime_local.speech.base import (
     TextReply,
     TurnDetectionConfig,
 )
+from realtime_local.speech.semantic import SemanticVadTurnDetector
 from realtime_local.speech.stack import SpeechOptions, SpeechStack, load_speech_stack
 from realtime_local.speech.tts import EspeakSynthesizer, resample
 
@@ -63,6 +68,21 @@ QUESTIONS = [
     "Thank you very much",
     "Goodbye",
 ]
+#: (before the pause, after it): one turn each, with 600 ms of silence after a dangling word.
+TRAILING = [
+    ("I would like a table for two and", "a bottle of water please"),
+    ("Can you check my order and", "tell me when it arrives"),
+    ("So I was thinking that", "we could meet on Friday"),
+    ("I need to book a flight to", "London next week"),
+    ("Remind me to buy milk and um", "some bread"),
+]
+#: The comparison table's modes, measured on the same questions in the same run.
+MODES: list[tuple[str, TurnDetectionConfig]] = [
+    ("server_vad 500 ms", TurnDetectionConfig(silence_duration_ms=500)),
+    ("server_vad 300 ms", TurnDetectionConfig(silence_duration_ms=300)),
+    ("semantic_vad auto", TurnDetectionConfig(type="semantic_vad", eagerness="auto")),
+    ("semantic_vad high", TurnDetectionConfig(type="semantic_vad", eagerness="high")),
+]
 
 
 @dataclass
@@ -82,6 +102,14 @@ class Turn:
     base_tts_ms: float  # baseline: whole reply synthesized
     base_total_ms: float  # baseline: vad_ms + stt + responder + whole TTS
     base_after_detect_ms: float
+    verdict: str = ""  # semantic_vad: how the pause that ended the turn was judged
+
+
+def speech(text: str) -> Pcm16:
+    """espeak-ng speech at 16 kHz, cut at its true end."""
+    voice = EspeakSynthesizer()
+    pcm = resample(voice.render(text), voice.sample_rate, INPUT_SAMPLE_RATE)
+    return pcm[: speech_end(pcm)]
 
 
 def speech_end(pcm: Pcm16) -> int:
@@ -92,13 +120,13 @@ def speech_end(pcm: Pcm16) -> int:
     return int((loud[-1] + 1) * frame)
 
 
-def run_turn(stack: SpeechStack, question: str, config: TurnDetectionConfig, first: bool) -> Turn:
-    voice = EspeakSynthesizer()
-    speech = resample(voice.render(question), voice.sample_rate, INPUT_SAMPLE_RATE)
-    speech = speech[: speech_end(speech)]
+def run_turn(
+    stack: SpeechStack, question: str, config: TurnDetectionConfig, first: bool, *, baseline: bool = True
+) -> Turn:
+    spoken = speech(question)
     lead = np.zeros(int(0.8 * INPUT_SAMPLE_RATE), dtype=np.int16)
-    audio = np.concatenate([lead, speech, np.zeros(int(1.5 * INPUT_SAMPLE_RATE), dtype=np.int16)])
-    true_end = len(lead) + len(speech)
+    audio = np.concatenate([lead, spoken, np.zeros(int(1.5 * INPUT_SAMPLE_RATE), dtype=np.int16)])
+    true_end = len(lead) + len(spoken)
 
     detector = stack.new_turn_detector(config)
     streaming = stack.new_streaming_transcription(detector)
@@ -154,6 +182,19 @@ def run_turn(stack: SpeechStack, question: str, config: TurnDetectionConfig, fir
     detected = marks["detected"]
     turn_audio = detector.speech_audio()
 
+    verdict = ""
+    if isinstance(detector, SemanticVadTurnDetector) and detector.last_verdict is not None:
+        verdict = detector.last_verdict[0]
+    vad_ms = (detected - end_at) * 1000
+    if not baseline:
+        return Turn(
+            question, str(result["transcript"]), str(result["reply"]), vad_ms,
+            (marks["stt"] - detected) * 1000, streaming.last_finish_reused,
+            (marks["responder"] - marks["stt"]) * 1000, (marks["tts"] - marks["responder"]) * 1000,
+            (marks["tts"] - end_at) * 1000, (marks["tts"] - detected) * 1000,
+            "", 0.0, 0.0, 0.0, 0.0, verdict,
+        )  # fmt: skip
+
     # Baseline on the same utterance: whole-utterance STT with the 30 s window, whole-text TTS.
     base_start = time.perf_counter()
     base_transcript = stack.transcriber.transcribe_full(turn_audio)
@@ -171,7 +212,6 @@ def run_turn(stack: SpeechStack, question: str, config: TurnDetectionConfig, fir
     assert isinstance(base_reply, TextReply)
     list(stack.synthesizer.synthesize(base_reply.text))
     base_end = time.perf_counter()
-    vad_ms = (detected - end_at) * 1000
     base_after = (base_end - base_start) * 1000
     return Turn(
         text=question,
@@ -189,7 +229,30 @@ def run_turn(stack: SpeechStack, question: str, config: TurnDetectionConfig, fir
         base_tts_ms=(base_end - base_responder) * 1000,
         base_total_ms=vad_ms + base_after,
         base_after_detect_ms=base_after,
+        verdict=verdict,
     )
+
+
+def count_splits(stack: SpeechStack, config: TurnDetectionConfig, pause_s: float = 0.6) -> int:
+    """How many `TRAILING` utterances the mode ends at the pause after the dangling word.
+
+    Fed unpaced in 20 ms chunks with the streaming transcription attached (semantic_vad blocks
+    for the pause's transcript, so pacing does not change its verdicts).
+    """
+    split = 0
+    for before, after in TRAILING:
+        gap = np.zeros(int(pause_s * INPUT_SAMPLE_RATE), dtype=np.int16)
+        tail = np.zeros(int(2.5 * INPUT_SAMPLE_RATE), dtype=np.int16)
+        audio = np.concatenate([gap, speech(before), gap, speech(after), tail])
+        detector = stack.new_turn_detector(config)
+        stack.new_streaming_transcription(detector)
+        stops = sum(
+            event.kind == "speech_stopped"
+            for start in range(0, len(audio), CHUNK)
+            for event in detector.feed(audio[start : start + CHUNK])
+        )
+        split += stops > 1
+    return split
 
 
 def pct(values: list[float], q: float) -> float:
@@ -205,6 +268,9 @@ def main() -> None:
     parser.add_argument("--silence-ms", type=int, default=500, help="silence_duration_ms of server VAD")
     parser.add_argument(
         "--tts", choices=["piper", "espeak"], default=None, help="override REALTIME_LOCAL_TTS"
+    )
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the server_vad / semantic_vad comparison table"
     )
     parser.add_argument("--json", type=Path, help="also write every turn's figures here")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each turn")
@@ -288,8 +354,57 @@ def main() -> None:
             f"{found / sum(map(len, said)):.0%} of spoken words heard"
         )
     print("(Whisper writes numbers as digits: 'two' heard as '2' counts as missed)")
+    compared: dict[str, list[Turn]] = {}
+    if not args.no_compare:
+        compared = compare_modes(stack, config, turns, args.turns, verbose=args.verbose)
     if args.json:
-        args.json.write_text(json.dumps([asdict(turn) for turn in turns], indent=1))
+        everything = {"detailed": [asdict(t) for t in turns]} | {
+            mode: [asdict(t) for t in mode_turns] for mode, mode_turns in compared.items()
+        }
+        args.json.write_text(json.dumps(everything, indent=1))
+
+
+def compare_modes(
+    stack: SpeechStack, config: TurnDetectionConfig, turns: list[Turn], count: int, *, verbose: bool
+) -> dict[str, list[Turn]]:
+    """The same questions through every mode of `MODES`; prints the comparison table."""
+    results: dict[str, list[Turn]] = {}
+    splits: dict[str, int] = {}
+    for label, mode in MODES:
+        if mode == config:
+            results[label] = turns  # the detailed run above already measured this mode
+        else:
+            results[label] = [
+                run_turn(stack, QUESTIONS[i % len(QUESTIONS)], mode, first=i == 0, baseline=False)
+                for i in range(count)
+            ]
+        splits[label] = count_splits(stack, mode)
+        if verbose:
+            for turn in results[label]:
+                print(f"{label}: {turn.total_ms:6.0f} ms {turn.verdict or '-':10s} {turn.transcript!r}")
+
+    print(
+        f"\nturn detection modes, same {count} questions, same run (ms; p50 / p95)\n"
+        f"{'mode':18s} {'end of speech->stop':>20s} {'stop->first audio':>18s} "
+        f"{'VOICE-TO-VOICE':>15s} {'complete':>9s} {'split':>6s}"
+    )
+    for label, mode_turns in results.items():
+
+        def both(key: str, values: list[Turn] = mode_turns) -> str:
+            figures = [getattr(t, key) for t in values]
+            return f"{pct(figures, 0.5):.0f} / {pct(figures, 0.95):.0f}"
+
+        complete = sum(t.verdict == "complete" for t in mode_turns)
+        judged = "-" if not any(t.verdict for t in mode_turns) else f"{complete}/{len(mode_turns)}"
+        print(
+            f"{label:18s} {both('vad_ms'):>20s} {both('after_detect_ms'):>18s} "
+            f"{both('total_ms'):>15s} {judged:>9s} {splits[label]:>3d}/{len(TRAILING)}"
+        )
+    print(
+        "complete: questions whose pause semantic_vad judged complete (the others waited longer);\n"
+        "split: utterances pausing 600 ms after a dangling word that the mode cut in two"
+    )
+    return results
 
 
 if __name__ == "__main__":
