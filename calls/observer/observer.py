@@ -64,7 +64,7 @@ class Outcome(enum.Enum):
     LOST = "lost"  # the sideband could not be re-established
 
 
-def _differences(expected: dict[str, Any], session: SessionEvent) -> dict[str, dict[str, Any]]:
+def session_differences(expected: dict[str, Any], session: SessionEvent) -> dict[str, dict[str, Any]]:
     """The guarded fields (instructions, tools) of `session` that are not what we configured."""
     got = session.session
     diff: dict[str, dict[str, Any]] = {}
@@ -331,7 +331,7 @@ class CallObserver:
         """Put our instructions and tools back if someone else changed them; True if they had."""
         assert self._snapshot is not None
         expected = self._snapshot.expected_session
-        diff = _differences(expected, event)
+        diff = session_differences(expected, event)
         if not diff:
             return False
         self._tamper_unwritten = True
