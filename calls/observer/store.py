@@ -74,6 +74,17 @@ def load_call(call_id: uuid.UUID) -> CallSnapshot | None:
     )
 
 
+def live_call_ids(*, limit: int = 1000) -> list[uuid.UUID]:
+    """Calls that may still be live upstream (connecting or active, with a provider id)."""
+    return list(
+        Call.objects.filter(
+            status__in=[Call.Status.CONNECTING, Call.Status.ACTIVE], provider_call_id__isnull=False
+        )
+        .order_by("created_at")
+        .values_list("id", flat=True)[:limit]
+    )
+
+
 def load_call_model(call_id: uuid.UUID) -> Call | None:
     return Call.objects.select_related("agent", "user").filter(pk=call_id).first()
 

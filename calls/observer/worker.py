@@ -14,9 +14,12 @@ import uuid
 from typing import Any
 
 from channels.consumer import AsyncConsumer
-from channels.layers import get_channel_layer
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.worker import Worker
+from django.db import DatabaseError
 
+from calls.observer import store
 from calls.observer.dispatch import OBSERVER_CHANNEL
 from calls.observer.observer import CallObserver
 
@@ -136,11 +139,32 @@ def build_worker() -> Worker:
     )
 
 
+async def resume_live_calls() -> int:
+    """Observe again the calls the database says may be live (the process was restarted mid-call).
+
+    Only with the in-memory layer, where this process is the only observer there is: with a shared
+    layer several workers would resume the same calls (that needs the lease design.md describes).
+    A call that ended meanwhile is closed by its observer ("ended upstream": the API answers 404).
+    """
+    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
+        return 0
+    call_ids = await database_sync_to_async(store.live_call_ids)()
+    for call_id in call_ids:
+        pool.start(call_id)
+    if call_ids:
+        logger.info("resuming the observation of %d call(s) left live by a previous run", len(call_ids))
+    return len(call_ids)
+
+
 async def run_embedded_worker() -> None:
     """Run the observer worker on the current loop until cancelled (``serve``'s embedded default)."""
     worker = build_worker()
     logger.info("call observer worker running in this process (channel %s)", OBSERVER_CHANNEL)
     try:
+        try:
+            await resume_live_calls()
+        except DatabaseError:  # the worker still serves new calls
+            logger.exception("could not look for calls left live by a previous run")
         await worker.arun()
     finally:
         await pool.aclose()

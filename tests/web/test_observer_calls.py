@@ -355,3 +355,35 @@ async def test_a_call_ended_upstream_is_marked_ended(
     await asyncio.wait_for(observer.finished.wait(), 10)
     call = await Call.objects.aget(pk=live.call.pk)
     assert (call.status, call.end_reason, call.error) == (Call.Status.ENDED, "ended upstream", "")
+
+
+async def test_a_restarted_worker_resumes_a_live_call_where_its_numbering_stopped(
+    local_engine: RunningEngine, channel_layer: Any, make_live_call: MakeLiveCall
+) -> None:
+    from calls.observer.worker import run_embedded_worker
+    from tests.factories import add_events
+
+    live = await make_live_call(local_engine)
+    await live.accept()
+    # What a previous process left: an active call with three stored events.
+    await Call.objects.filter(pk=live.call.pk).aupdate(
+        status=Call.Status.ACTIVE, answered_at=live.call.created_at
+    )
+    await sync_to_async(add_events)(live.call, 3)
+    worker = asyncio.create_task(run_embedded_worker())
+    try:
+
+        async def resumed() -> CallObserver | None:
+            observer = pool.get(live.call.id)
+            return observer if observer is not None and observer.connected.is_set() else None
+
+        observer = await eventually(resumed)
+        seen = await exchange(local_engine, live, "Are you back?")
+        events = await until_stored(live, [event["event_id"] for event in seen])
+        assert [event.sequence for event in events] == list(range(1, len(events) + 1))
+        assert events[3].payload["event_id"] == seen[0]["event_id"]
+        await hang_up_call(call=await Call.objects.aget(pk=live.call.pk))
+        await asyncio.wait_for(observer.finished.wait(), 10)
+    finally:
+        worker.cancel()
+        await asyncio.wait([worker], timeout=10)
