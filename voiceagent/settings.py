@@ -81,6 +81,11 @@ REALTIME_BASE_URL: str = env.str(
 REALTIME_API_KEY: str = OPENAI_API_KEY or REALTIME_LOCAL_API_KEY
 # Seconds allowed for one upstream REST call (SDP exchange, call control).
 REALTIME_HTTP_TIMEOUT: float = env.float("REALTIME_HTTP_TIMEOUT", default=10.0)
+# ICE servers the console's peer connection uses (comma-separated stun:/turn: URLs). None by default:
+# host candidates reach OpenAI and the local engine alike, and a public STUN server would only add delay.
+CONSOLE_ICE_SERVERS: list[dict[str, str]] = [
+    {"urls": url} for url in env.list("CONSOLE_ICE_SERVERS", default=[])
+]
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [

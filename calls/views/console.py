@@ -39,7 +39,7 @@ def console(request: HttpRequest) -> HttpResponse:
         "defaultTransport": Call.Transport.PROXY.value,
         "engine": "local" if settings.USES_LOCAL_ENGINE else "openai",
         "realtimeBaseUrl": settings.REALTIME_BASE_URL,
-        "iceServers": list(getattr(settings, "CONSOLE_ICE_SERVERS", [])),
+        "iceServers": settings.CONSOLE_ICE_SERVERS,
         "csrfToken": get_token(request),
     }
     return render(
