@@ -72,6 +72,22 @@ class AgentProfile(models.Model):
         default=DEFAULT_MAX_CALL_DURATION_S,
         help_text="Seconds after which the observer hangs the call up (the API has no shorter cap).",
     )
+    phone_numbers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            'Dialled numbers this agent answers, e.g. ["+15551230000"]; a phone call to a number no '
+            "profile lists goes to the default profile."
+        ),
+    )
+    transfer_targets = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            'Numbers or SIP URIs a phone call may be transferred to, e.g. ["+15551230001", '
+            '"sip:desk@pbx.example.com"]; nothing else is allowed (toll fraud).'
+        ),
+    )
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -142,6 +158,14 @@ class Call(models.Model):
         help_text="Who placed the call from the console (web calls).",
     )
     caller_number = models.CharField(max_length=64, blank=True, help_text="The caller's number (SIP calls).")
+    callee_number = models.CharField(
+        max_length=64, blank=True, help_text="The number the caller dialled (SIP calls)."
+    )
+    sip_headers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='The SIP INVITE\'s headers as the webhook carried them ([{"name", "value"}, …]).',
+    )
     agent = models.ForeignKey(AgentProfile, on_delete=models.PROTECT, related_name="calls")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.CONNECTING)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
