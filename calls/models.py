@@ -7,6 +7,7 @@ Models hold data and invariants only; state changes live in `calls.services`, sh
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 
 from django.conf import settings
@@ -300,3 +301,96 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.webhook_id}"
+
+
+#: Letters, digits, '-' and '_', without a double underscore (the namespace separator).
+MCP_NAME_RE = re.compile(r"(?!.*__)[A-Za-z0-9](?:[A-Za-z0-9_-]{0,22}[A-Za-z0-9])?")
+
+
+def _validate_mcp_name(value: str) -> None:
+    """Server names prefix tool names (``name__tool``), so they must fit the API's function name rules."""
+    from django.core.exceptions import ValidationError
+
+    if not MCP_NAME_RE.fullmatch(value):
+        raise ValidationError(
+            "Use letters, digits, '-' or single '_' (no '__'), up to 24 characters: the name prefixes "
+            "the server's tool names, e.g. weather__get_weather."
+        )
+
+
+class McpServer(models.Model):
+    """An MCP server whose tools the observer offers to the model on calls of the linked profiles.
+
+    The observer connects at call start (stdio: it spawns ``command``; streamable HTTP: it connects to
+    ``url`` with ``headers``), lists the tools, offers them namespaced as ``<name>__<tool>``, and closes
+    the session when the call ends. ``headers`` usually carry credentials: the admin never lists them.
+    """
+
+    class Transport(models.TextChoices):
+        STDIO = "stdio", "stdio (subprocess)"
+        STREAMABLE_HTTP = "streamable-http", "Streamable HTTP"
+
+    name = models.CharField(
+        max_length=24,
+        unique=True,
+        validators=[_validate_mcp_name],
+        help_text="Prefixes the tool names offered to the model (weather → weather__get_weather).",
+    )
+    transport = models.CharField(max_length=16, choices=Transport.choices, default=Transport.STDIO)
+    command = models.CharField(max_length=500, blank=True, help_text="stdio: the executable to run.")
+    args = models.JSONField(
+        default=list, blank=True, help_text='stdio: arguments, a JSON list ["-m", "server"].'
+    )
+    url = models.URLField(max_length=500, blank=True, help_text="Streamable HTTP: the endpoint, e.g. …/mcp.")
+    headers = models.JSONField(
+        default=dict, blank=True, help_text="Streamable HTTP: request headers (JSON object); kept secret."
+    )
+    enabled = models.BooleanField(default=True)
+    allowed_tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Tool names (as the server names them) to offer; empty offers all.",
+    )
+    timeout_s = models.FloatField(
+        default=10.0, help_text="Bound on connecting, and on each tool call, in seconds."
+    )
+    agents = models.ManyToManyField(
+        AgentProfile,
+        related_name="mcp_servers",
+        blank=True,
+        help_text="The agent profiles that offer this server's tools.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "MCP server"
+        constraints = [
+            models.CheckConstraint(condition=Q(timeout_s__gt=0), name="calls_mcpserver_timeout_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        """Each transport needs its own target; JSON fields need the right shapes."""
+        from django.core.exceptions import ValidationError
+
+        errors: dict[str, str] = {}
+        if self.transport == self.Transport.STDIO and not self.command.strip():
+            errors["command"] = "A stdio server needs a command."
+        if self.transport == self.Transport.STREAMABLE_HTTP and not self.url.strip():
+            errors["url"] = "A streamable HTTP server needs a URL."
+        if not isinstance(self.args, list) or not all(isinstance(a, str) for a in self.args):
+            errors["args"] = "A JSON list of strings."
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            errors["headers"] = "A JSON object of string values."
+        if not isinstance(self.allowed_tools, list) or not all(
+            isinstance(t, str) for t in self.allowed_tools
+        ):
+            errors["allowed_tools"] = "A JSON list of tool names."
+        if errors:
+            raise ValidationError(errors)
