@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.options import InlineModelAdmin
 from django.db.models import QuerySet
@@ -37,8 +38,46 @@ class ReadOnlyAdminMixin:
         return False
 
 
+def _tool_choices() -> list[tuple[str, str]]:
+    from calls.tools import registry
+
+    return registry.choices()
+
+
+class AgentProfileForm(forms.ModelForm[AgentProfile]):
+    """Tools are ticked from the registered built-ins (a list of names is stored); a name that is no
+    longer registered shows unticked and is dropped on save."""
+
+    tools = forms.MultipleChoiceField(
+        choices=_tool_choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Built-in tools this agent may call. A change applies to calls started afterwards.",
+    )
+
+    class Meta:
+        model = AgentProfile
+        fields = [
+            "name",
+            "is_default",
+            "instructions",
+            "voice",
+            "model",
+            "turn_detection",
+            "max_call_duration",
+            "tools",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            known = {name for name, _ in _tool_choices()}
+            self.initial["tools"] = [name for name in self.instance.tools or [] if name in known]
+
+
 @admin.register(AgentProfile)
 class AgentProfileAdmin(admin.ModelAdmin[AgentProfile]):
+    form = AgentProfileForm
     list_display = ["name", "is_default", "voice", "model", "updated_at"]
     list_filter = ["is_default", "voice", "model"]
     search_fields = ["name", "instructions"]

@@ -211,7 +211,6 @@ def test_agent_profiles_are_editable(admin_client: Client) -> None:
             "voice": "cedar",
             "model": "gpt-realtime",
             "turn_detection": '{"type": "semantic_vad", "eagerness": "auto"}',
-            "tools": "[]",
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
@@ -230,7 +229,6 @@ def test_the_admin_refuses_a_second_default_profile_with_a_message(admin_client:
             "voice": "marin",
             "model": "gpt-realtime",
             "turn_detection": "null",
-            "tools": "[]",
         },
     )
     assert response.status_code == 200

@@ -21,11 +21,15 @@ WEB_MODES: Final = frozenset({Call.Mode.AUDIO, Call.Mode.WEBCAM, Call.Mode.SCREE
 def build_session_config(profile: AgentProfile, *, mode: str) -> dict[str, Any]:
     """The session config for a call of `mode` answered by `profile`.
 
-    Turn detection is the profile's (an empty value means push-to-talk: `null`). Tools are not sent
-    yet: the profile names tools, and no tool registry exists to describe them (the list stays empty
-    rather than sending definitions we cannot execute). `mode` is accepted for every door alike; the
-    video modes do not change the config: the model gets no video track (images would be items).
+    Turn detection is the profile's (an empty value means push-to-talk: `null`). Tools are the
+    profile's enabled built-ins from `calls.tools.registry` as function tools (the observer runs
+    them; per-call tools such as MCP ones are added by the observer with a `session.update` once it
+    has listed them, so that call setup never waits on a tool server). `mode` is accepted for every
+    door alike; the video modes do not change the config: the model gets no video track (images
+    would be items).
     """
+    from calls.tools import registry
+
     if mode not in WEB_MODES and mode != Call.Mode.PHONE:
         raise ValueError(f"Unknown call mode {mode!r}.")
     turn_detection = dict(profile.turn_detection) if profile.turn_detection else None
@@ -41,5 +45,5 @@ def build_session_config(profile: AgentProfile, *, mode: str) -> dict[str, Any]:
             },
             "output": {"voice": profile.voice},
         },
-        "tools": [],
+        "tools": registry.function_specs(profile.tools or []),
     }
