@@ -1,6 +1,10 @@
-"""Telephony routes (the SIP webhook arrives with the phone-calls work)."""
+"""Telephony routes: the signed SIP webhook (`telephony:webhook`)."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
+
+from telephony import views
 
 app_name = "telephony"
-urlpatterns: list[URLPattern] = []
+urlpatterns: list[URLPattern] = [
+    path("webhook", views.webhook, name="webhook"),
+]

@@ -79,6 +79,34 @@ REALTIME_BASE_URL: str = env.str(
     ),
 ).rstrip("/")
 REALTIME_API_KEY: str = OPENAI_API_KEY or REALTIME_LOCAL_API_KEY
+
+
+def _development_signing_secret() -> str:
+    """A per-checkout `whsec_` secret under var/: the local engine signs its webhooks with it, so that
+    phone calls work without configuration. Never used with a real key (OpenAI signs with its own)."""
+    import base64
+    import secrets
+
+    path = VAR_DIR / "webhook_secret"
+    if path.is_file():
+        return path.read_text().strip()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret
+
+
+# --- Phone calls (docs/telephony.md) ------------------------------------------------------------
+if not OPENAI_SIGNING_SECRET and USES_LOCAL_ENGINE:
+    OPENAI_SIGNING_SECRET = _development_signing_secret()
+# At most this many phone calls at once (connecting or active); more are rejected with 486 Busy Here.
+TELEPHONY_MAX_CONCURRENT_CALLS: int | None = env.int("TELEPHONY_MAX_CONCURRENT_CALLS", default=None)
+# When the line answers, e.g. "Mon-Fri 09:00-17:00 Europe/Paris" (telephony/hours.py); empty: always.
+# Outside these hours calls are rejected with 480 Temporarily Unavailable.
+TELEPHONY_BUSINESS_HOURS: str = env.str("TELEPHONY_BUSINESS_HOURS", default="")
+# Largest webhook body accepted, in bytes (an incoming-call event is a few KiB).
+TELEPHONY_WEBHOOK_MAX_BYTES: int = env.int("TELEPHONY_WEBHOOK_MAX_BYTES", default=256 * 1024)
 # Seconds allowed for one upstream REST call (SDP exchange, call control).
 REALTIME_HTTP_TIMEOUT: float = env.float("REALTIME_HTTP_TIMEOUT", default=10.0)
 # ICE servers the console's peer connection uses (comma-separated stun:/turn: URLs). None by default:
