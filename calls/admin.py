@@ -7,10 +7,11 @@ Every list page runs a fixed number of queries whatever the number of rows.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.options import InlineModelAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -18,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from calls import selectors
-from calls.models import AgentProfile, Call, Event, ToolInvocation, TranscriptTurn, WebhookDelivery
+from calls.models import AgentProfile, Call, Event, McpServer, ToolInvocation, TranscriptTurn, WebhookDelivery
 from calls.templatetags.calls_format import format_duration
 
 admin.site.site_header = "voiceagent admin"
@@ -257,3 +258,93 @@ class WebhookDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[WebhookDelivery]
     search_fields = ["webhook_id", "=call__id"]
     list_select_related = ["call", "call__user"]
     show_full_result_count = False
+
+
+class McpServerForm(forms.ModelForm[McpServer]):
+    """Headers are secrets: the form never shows the stored ones; an empty field keeps them."""
+
+    headers = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text='Streamable HTTP request headers, a JSON object, e.g. {"Authorization": "Bearer …"}. '
+        "The stored headers are never shown; leave empty to keep them, enter {} to remove them.",
+    )
+
+    class Meta:
+        model = McpServer
+        fields = [
+            "name",
+            "enabled",
+            "transport",
+            "timeout_s",
+            "command",
+            "args",
+            "url",
+            "headers",
+            "allowed_tools",
+            "agents",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial["headers"] = None
+
+    def clean_headers(self) -> Any:
+        value = self.cleaned_data.get("headers")
+        if value in (None, ""):
+            return self.instance.headers if self.instance.pk else {}
+        return value
+
+
+#: Servers one "test connection" run may probe (each waits up to its timeout, in the request).
+MAX_PROBES = 5
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin[McpServer]):
+    form = McpServerForm
+    list_display = ["name", "transport", "target", "enabled", "timeout_s", "updated_at"]
+    list_filter = ["enabled", "transport"]
+    search_fields = ["name", "command", "url"]
+    readonly_fields = ["created_at", "updated_at"]
+    filter_horizontal = ["agents"]
+    actions = ["test_connection"]
+    fieldsets = [
+        (None, {"fields": ["name", "enabled", "transport", "timeout_s"]}),
+        ("stdio", {"fields": ["command", "args"]}),
+        ("Streamable HTTP", {"fields": ["url", "headers"]}),
+        ("Tools", {"fields": ["allowed_tools", "agents"]}),
+        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+
+    @admin.display(description="Command or URL")
+    def target(self, obj: McpServer) -> str:
+        """What the server runs or where it is; never the headers (they may hold credentials)."""
+        if obj.transport == McpServer.Transport.STDIO:
+            return " ".join([obj.command, *(str(arg) for arg in obj.args or [])])
+        return obj.url
+
+    @admin.action(description="Test connection (list the tools)")
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        """Connect to each selected server (bounded by its timeout) and report the tools it lists."""
+        from calls.tools import mcp
+
+        servers = list(queryset.order_by("name")[: MAX_PROBES + 1])
+        if len(servers) > MAX_PROBES:
+            self.message_user(request, f"Testing the first {MAX_PROBES} servers only.", messages.WARNING)
+            servers = servers[:MAX_PROBES]
+        for server in servers:
+            spec = mcp.ServerSpec.from_model(server)
+            try:
+                names = asyncio.run(mcp.probe(spec))
+            except Exception as exc:
+                reason = mcp.describe_failure(exc, spec.timeout_s)
+                self.message_user(request, f"{server.name}: cannot connect ({reason}).", messages.ERROR)
+                continue
+            allowed = set(server.allowed_tools or [])
+            shown = ", ".join(
+                f"{name}" + ("" if not allowed or name in allowed else " (not allowed)") for name in names
+            )
+            self.message_user(
+                request, f"{server.name}: {len(names)} tool(s): {shown or 'none'}.", messages.SUCCESS
+            )
