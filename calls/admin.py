@@ -270,6 +270,13 @@ class McpServerForm(forms.ModelForm[McpServer]):
         "The stored headers are never shown; leave empty to keep them, enter {} to remove them.",
     )
 
+    url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        help_text="Streamable HTTP: the endpoint, e.g. http://127.0.0.1:8765/mcp.",
+    )
+
     class Meta:
         model = McpServer
         fields = [
