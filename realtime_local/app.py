@@ -39,6 +39,7 @@ from realtime_local.events import new_rtc_call_id
 from realtime_local.registry import CallRegistry
 from realtime_local.schemas import validate_session
 from realtime_local.sideband import serve_sideband
+from realtime_local.sip.uas import SipBindError, SipServer
 from realtime_local.webhooks import WebhookSender, new_webhook_event_id
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class Engine:
     # Created on startup, inside the running loop:
     registry: CallRegistry | None = None
     webhooks: WebhookSender | None = None
+    sip: SipServer | None = None
+    """The SIP front door when `config.sip_port` is set (bound at startup)."""
     _loader: asyncio.Task[None] | None = None
 
     @property
@@ -126,6 +129,15 @@ def create_app(config: EngineConfig, runtime: EngineRuntime | None = None) -> we
             max_attempts=config.webhook_max_attempts,
             backoff=config.webhook_backoff,
         )
+        if config.sip_port is not None:
+            sip = SipServer(engine, host=config.sip_host, port=config.sip_port)
+            try:
+                await sip.start()
+                engine.sip = sip
+            except SipBindError as exc:
+                if config.sip_required:
+                    raise  # stops the startup: the CLI reports it and exits 1
+                logger.error("SIP off: %s", exc.strerror)
         if preset:
             engine.speech_status = "ready" if engine.runtime.speech is not None else "disabled"
             _mark_ready(engine)
@@ -142,6 +154,8 @@ def create_app(config: EngineConfig, runtime: EngineRuntime | None = None) -> we
             engine._loader.cancel()
         if engine.registry is not None:
             await engine.registry.close()
+        if engine.sip is not None:
+            await engine.sip.close()
 
     async def on_cleanup(app: web.Application) -> None:
         if engine.webhooks is not None:

@@ -110,6 +110,10 @@ class LocalCall:
         self.sip_headers = sip_headers or []
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
+        self.accepted = asyncio.Event()
+        """Set by `accept`: the SIP front door answers the INVITE (200 OK) when it is."""
+        self.refer_target: str | None = None
+        """The `target_uri` of a `refer`, for the SIP front door's REFER to the caller."""
         self.last_activity = time.monotonic()
         self.peer: MediaPeer | None = None
         self._pumps: list[_SinkPump] = []
@@ -152,6 +156,7 @@ class LocalCall:
         self._touch()
         self._session.replace_config(session)
         self._session.start()
+        self.accepted.set()
 
     async def reject(self, status_code: int = 603) -> None:
         """Refuse an incoming SIP-style call (`status_code` is the SIP status)."""
@@ -164,6 +169,7 @@ class LocalCall:
         if self.state != "active":
             raise CallStateError(f"call {self.id} is {self.state}, not active")
         logger.info("call %s transferred", self.id)
+        self.refer_target = target_uri
         await self._end("transferred")
 
     async def hangup(self, reason: str = "hangup") -> None:

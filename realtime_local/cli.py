@@ -25,9 +25,11 @@ from realtime_local.config import (
     DEFAULT_API_KEY,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DEFAULT_SIP_PORT,
     ConfigError,
     EngineConfig,
 )
+from realtime_local.sip.uas import SipBindError
 
 logger = logging.getLogger("realtime_local")
 
@@ -112,6 +114,26 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="offer 127.0.0.1 ICE candidates, for loopback-only namespaces "
         "(REALTIME_LOCAL_LOOPBACK_CANDIDATES=1)",
     )
+    parser.add_argument(
+        "--sip-port",
+        type=int,
+        default=int(env("SIP_PORT") or "-1"),
+        help=f"UDP port of the SIP front door (REALTIME_LOCAL_SIP_PORT; default {DEFAULT_SIP_PORT}); "
+        "0 picks a "
+        "free one. A port given explicitly that cannot be bound stops the engine (exit 1); when the "
+        "default is taken, the engine logs an error and runs without SIP",
+    )
+    parser.add_argument(
+        "--sip-host",
+        default=env("SIP_HOST", DEFAULT_HOST),
+        help="address the SIP UAS and its RTP bind and advertise (REALTIME_LOCAL_SIP_HOST)",
+    )
+    parser.add_argument(
+        "--no-sip",
+        action="store_true",
+        default=env_flag("NO_SIP"),
+        help="do not answer SIP (REALTIME_LOCAL_NO_SIP=1)",
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="(REALTIME_LOCAL_LOG_LEVEL)")
     return parser
 
@@ -134,6 +156,9 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> tupl
         speech=not args.no_speech,
         ice_servers=ice_servers,
         loopback_candidates=args.loopback_candidates,
+        sip_port=None if args.no_sip else (DEFAULT_SIP_PORT if args.sip_port < 0 else args.sip_port),
+        sip_required=args.sip_port >= 0,
+        sip_host=args.sip_host,
     )
     return config, str(args.log_level).upper()
 
@@ -160,7 +185,12 @@ async def serve(config: EngineConfig, *, started: float | None = None) -> int:
     t0 = time.monotonic() if started is None else started
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except SipBindError as exc:
+        print(f"realtime_local: error: {exc.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        return 1
     site = web.TCPSite(runner, config.host, config.port)
     try:
         await site.start()
@@ -189,6 +219,8 @@ async def serve(config: EngineConfig, *, started: float | None = None) -> int:
         " (generated)" if config.webhook_secret_generated else "",
     )
     logger.info("webhooks: %s", config.webhook_url or "off (no --webhook-url)")
+    sip = engine.sip
+    logger.info("SIP: %s", f"udp {sip.host}:{sip.port}" if sip is not None else "off")
     if engine.speech_status == "loading":
         logger.info("loading the speech stack…")
     status = 0

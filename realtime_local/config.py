@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 DEFAULT_API_KEY = "sk-local"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+DEFAULT_SIP_PORT = 5060
 
 
 class ConfigError(Exception):
@@ -75,6 +76,14 @@ class EngineConfig:
     """First retry delay; doubles each attempt (0.5, 1, 2, 4 s for 5 attempts)."""
     sweep_interval: float = 1.0
     """How often idle and unanswered calls are looked for."""
+    sip_port: int | None = None
+    """UDP port of the SIP front door (`realtime_local.sip`); None: no SIP (the CLI defaults to 5060,
+    `--no-sip` turns it off; tests and embeddings opt in, 0 picks a free port)."""
+    sip_required: bool = True
+    """False when `sip_port` is only the CLI's default: then a taken port is logged, not fatal (so two
+    engines started for tests on one machine do not fight over 5060)."""
+    sip_host: str = DEFAULT_HOST
+    """Address the SIP UAS binds and puts in its Contact and SDP (RTP binds it too)."""
 
     def __post_init__(self) -> None:
         if not self.webhook_secret:
@@ -105,6 +114,8 @@ class EngineConfig:
             raise ConfigError("--idle-timeout and --accept-timeout must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")
+        if self.sip_port is not None and not 0 <= self.sip_port <= 65535:
+            raise ConfigError(f"invalid SIP port {self.sip_port}")
 
     @property
     def base_url(self) -> str:
