@@ -1,0 +1,126 @@
+"""McpToolProvider: per call, the tools of the enabled MCP servers linked to the call's profile."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+
+from calls.models import AgentProfile, Call, McpServer
+from calls.tools.base import ToolContext, ToolRegistry, build_toolbox
+from calls.tools.mcp import UNAVAILABLE_EVENT, McpToolProvider
+from tests.factories import AgentProfileFactory, CallFactory
+from tests.tools.mcp_support import SERVER_SCRIPT, child_pids
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def weather_server(**fields: object) -> McpServer:
+    values: dict[str, object] = {
+        "name": "weather",
+        "transport": McpServer.Transport.STDIO,
+        "command": sys.executable,
+        "args": [str(SERVER_SCRIPT)],
+        "timeout_s": 10.0,
+    }
+    values.update(fields)
+    server: McpServer = McpServer.objects.create(**values)
+    return server
+
+
+def make_call(*servers: McpServer, agent: AgentProfile | None = None) -> Call:
+    profile = agent or AgentProfileFactory.create(tools=[])
+    for server in servers:
+        server.agents.add(profile)
+    call: Call = CallFactory.create(agent=profile)
+    return Call.objects.select_related("agent").get(pk=call.pk)
+
+
+async def test_offers_the_profiles_enabled_servers_only() -> None:
+    def setup() -> Call:
+        call = make_call(weather_server(allowed_tools=["get_weather"]))
+        # Disabled, and linked to another profile: neither is offered on this call.
+        make_call(weather_server(name="other"))
+        off = weather_server(name="off", enabled=False)
+        off.agents.add(call.agent)
+        return call
+
+    call = await database_sync_to_async(setup)()
+    provider = McpToolProvider()
+    before = child_pids()
+    tools = await provider.open(call)
+    try:
+        assert [tool.name for tool in tools] == ["weather__get_weather"]
+        assert len(child_pids() - before) == 1, "one server process: the disabled one is not started"
+        result = await tools[0].invoke('{"city": "Paris"}', context=ToolContext(call=call))
+        assert result.output == "The weather in Paris is light rain and 14 degrees."
+        assert provider.pop_notices(call) == []
+    finally:
+        await provider.close(call)
+    assert not (child_pids() - before), "closing the call stops its server processes"
+    assert provider.open_calls() == 0
+
+
+async def test_a_server_that_is_down_leaves_the_call_with_the_other_tools(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def setup() -> Call:
+        return make_call(
+            weather_server(),
+            weather_server(
+                name="down",
+                transport=McpServer.Transport.STREAMABLE_HTTP,
+                command="",
+                args=[],
+                url="http://127.0.0.1:9/mcp",
+                headers={"Authorization": "Bearer secret-token"},
+                timeout_s=5.0,
+            ),
+            weather_server(name="hung", command="sleep", args=["60"], timeout_s=1.0),
+        )
+
+    call = await database_sync_to_async(setup)()
+    registry = ToolRegistry()
+    provider = McpToolProvider()
+    registry.add_provider(provider)
+    before = child_pids()
+    caplog.set_level(logging.WARNING, logger="calls.tools.mcp")
+    started = time.monotonic()
+    toolbox = await build_toolbox(call, registry=registry)
+    opened_in = time.monotonic() - started
+    try:
+        assert toolbox.names() == ["weather__get_weather", "weather__slow", "weather__boom"]
+        # Servers connect concurrently and a hung one does not wait for its shutdown: the call's
+        # start is held up by the longest timeout at most (1 s here), not by the sum or the clean-up.
+        assert opened_in < 5.0
+        notices = provider.pop_notices(call)
+        assert [(notice["type"], notice["server"]) for notice in notices] == [
+            (UNAVAILABLE_EVENT, "down"),
+            (UNAVAILABLE_EVENT, "hung"),
+        ]
+        assert notices[0]["reason"].startswith("ConnectError")
+        assert notices[1]["reason"] == "no answer within 1 s"
+        assert provider.pop_notices(call) == [], "notices are handed over once"
+        logged = [record.getMessage() for record in caplog.records]
+        assert any("MCP server down is unavailable (ConnectError" in line for line in logged)
+        assert any("MCP server hung is unavailable (no answer within 1 s)" in line for line in logged)
+        assert not any("secret-token" in line for line in logged), "headers never reach the log"
+        weather = toolbox.get("weather__get_weather")
+        assert weather is not None
+        result = await weather.invoke(json.dumps({"city": "Tokyo"}), context=ToolContext(call=call))
+        assert result.status == "completed"
+    finally:
+        await toolbox.aclose()
+    assert not (child_pids() - before), "the working and the hung server processes are both gone"
+
+
+async def test_a_profile_without_servers_gets_no_tools() -> None:
+    call = await database_sync_to_async(make_call)()
+    provider = McpToolProvider()
+    assert list(await provider.open(call)) == []
+    await provider.close(call)
+    assert provider.open_calls() == 0
