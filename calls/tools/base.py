@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_type_hints, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_type_hints, overload, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -260,7 +260,8 @@ def make_tool(
         if info is None:
             from pydantic import Field
 
-            info = Field(default, description=doc_params.get(parameter.name) or None)
+            documented = doc_params.get(parameter.name)
+            info = Field(default, description=documented) if documented else Field(default)
         elif info.description is None and parameter.name in doc_params:
             info.description = doc_params[parameter.name]
         fields[parameter.name] = (annotation, info)
@@ -287,13 +288,33 @@ def make_tool(
     )
 
 
+@overload
+def tool(
+    function: Callable[..., Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Tool: ...
+
+
+@overload
+def tool(
+    function: None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
 def tool(
     function: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
     description: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> Any:
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Decorator form of `make_tool`: ``@tool`` or ``@tool(name=..., timeout_s=...)``; the decorated
     name becomes the `Tool` (call ``.handler`` for the plain function)."""
     if function is not None:

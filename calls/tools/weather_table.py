@@ -11,7 +11,7 @@ from typing import Final, TypedDict
 class Weather(TypedDict):
     city: str
     country: str
-    temperature_c: int
+    temperature_celsius: int
     conditions: str
 
 
@@ -19,42 +19,72 @@ WEATHER: Final[dict[str, Weather]] = {
     "amsterdam": {
         "city": "Amsterdam",
         "country": "Netherlands",
-        "temperature_c": 11,
+        "temperature_celsius": 11,
         "conditions": "light rain",
     },
-    "athens": {"city": "Athens", "country": "Greece", "temperature_c": 24, "conditions": "sunny"},
-    "berlin": {"city": "Berlin", "country": "Germany", "temperature_c": 9, "conditions": "overcast"},
+    "athens": {"city": "Athens", "country": "Greece", "temperature_celsius": 24, "conditions": "sunny"},
+    "berlin": {"city": "Berlin", "country": "Germany", "temperature_celsius": 9, "conditions": "overcast"},
     "buenos aires": {
         "city": "Buenos Aires",
         "country": "Argentina",
-        "temperature_c": 22,
+        "temperature_celsius": 22,
         "conditions": "clear",
     },
-    "cairo": {"city": "Cairo", "country": "Egypt", "temperature_c": 31, "conditions": "sunny"},
-    "cape town": {"city": "Cape Town", "country": "South Africa", "temperature_c": 19, "conditions": "windy"},
-    "dubai": {"city": "Dubai", "country": "United Arab Emirates", "temperature_c": 35, "conditions": "hazy"},
-    "lisbon": {"city": "Lisbon", "country": "Portugal", "temperature_c": 20, "conditions": "partly cloudy"},
-    "london": {"city": "London", "country": "United Kingdom", "temperature_c": 12, "conditions": "drizzle"},
-    "madrid": {"city": "Madrid", "country": "Spain", "temperature_c": 23, "conditions": "sunny"},
+    "cairo": {"city": "Cairo", "country": "Egypt", "temperature_celsius": 31, "conditions": "sunny"},
+    "cape town": {
+        "city": "Cape Town",
+        "country": "South Africa",
+        "temperature_celsius": 19,
+        "conditions": "windy",
+    },
+    "dubai": {
+        "city": "Dubai",
+        "country": "United Arab Emirates",
+        "temperature_celsius": 35,
+        "conditions": "hazy",
+    },
+    "lisbon": {
+        "city": "Lisbon",
+        "country": "Portugal",
+        "temperature_celsius": 20,
+        "conditions": "partly cloudy",
+    },
+    "london": {
+        "city": "London",
+        "country": "United Kingdom",
+        "temperature_celsius": 12,
+        "conditions": "drizzle",
+    },
+    "madrid": {"city": "Madrid", "country": "Spain", "temperature_celsius": 23, "conditions": "sunny"},
     "mexico city": {
         "city": "Mexico City",
         "country": "Mexico",
-        "temperature_c": 21,
+        "temperature_celsius": 21,
         "conditions": "thunderstorms",
     },
-    "moscow": {"city": "Moscow", "country": "Russia", "temperature_c": -2, "conditions": "snow"},
-    "mumbai": {"city": "Mumbai", "country": "India", "temperature_c": 30, "conditions": "humid"},
-    "new york": {"city": "New York", "country": "United States", "temperature_c": 15, "conditions": "cloudy"},
-    "paris": {"city": "Paris", "country": "France", "temperature_c": 18, "conditions": "sunny"},
-    "rome": {"city": "Rome", "country": "Italy", "temperature_c": 22, "conditions": "clear"},
+    "moscow": {"city": "Moscow", "country": "Russia", "temperature_celsius": -2, "conditions": "snow"},
+    "mumbai": {"city": "Mumbai", "country": "India", "temperature_celsius": 30, "conditions": "humid"},
+    "new york": {
+        "city": "New York",
+        "country": "United States",
+        "temperature_celsius": 15,
+        "conditions": "cloudy",
+    },
+    "paris": {"city": "Paris", "country": "France", "temperature_celsius": 18, "conditions": "sunny"},
+    "rome": {"city": "Rome", "country": "Italy", "temperature_celsius": 22, "conditions": "clear"},
     "san francisco": {
         "city": "San Francisco",
         "country": "United States",
-        "temperature_c": 16,
+        "temperature_celsius": 16,
         "conditions": "foggy",
     },
-    "sao paulo": {"city": "São Paulo", "country": "Brazil", "temperature_c": 25, "conditions": "showers"},
-    "sydney": {"city": "Sydney", "country": "Australia", "temperature_c": 26, "conditions": "sunny"},
-    "tokyo": {"city": "Tokyo", "country": "Japan", "temperature_c": 17, "conditions": "partly cloudy"},
-    "toronto": {"city": "Toronto", "country": "Canada", "temperature_c": 5, "conditions": "windy"},
+    "sao paulo": {
+        "city": "São Paulo",
+        "country": "Brazil",
+        "temperature_celsius": 25,
+        "conditions": "showers",
+    },
+    "sydney": {"city": "Sydney", "country": "Australia", "temperature_celsius": 26, "conditions": "sunny"},
+    "tokyo": {"city": "Tokyo", "country": "Japan", "temperature_celsius": 17, "conditions": "partly cloudy"},
+    "toronto": {"city": "Toronto", "country": "Canada", "temperature_celsius": 5, "conditions": "windy"},
 }
