@@ -23,6 +23,7 @@ Logs carry ids and outcomes, never numbers or headers (personal data).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -368,8 +369,12 @@ async def receive_webhook(*, body: bytes, headers: Mapping[str, str]) -> Decisio
             "webhook %s (%s): repeated delivery, nothing to do", webhook.webhook_id, webhook.event_type
         )
     elif decision.provider_call_id is not None:
+        # A fresh context: the request's one ties sync_to_async to the request's thread executor,
+        # which is gone once the 200 is sent (asgiref: "CurrentThreadExecutor already quit").
         task = asyncio.get_running_loop().create_task(
-            answer_incoming_call(decision=decision), name=f"answer-{decision.provider_call_id}"
+            answer_incoming_call(decision=decision),
+            name=f"answer-{decision.provider_call_id}",
+            context=contextvars.Context(),
         )
         _answering.add(task)
         task.add_done_callback(_answering.discard)

@@ -13,10 +13,9 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from django.http import HttpResponse
 from django.test import AsyncClient
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -49,6 +48,9 @@ __all__ = [
     "start_engine",
     "webhook_receiver",
 ]
+
+if TYPE_CHECKING:
+    from django.test.client import _MonkeyPatchedASGIResponse as Response
 
 WEBHOOK_PATH = "/telephony/webhook"
 
@@ -87,10 +89,10 @@ def envelope(event_type: str = "realtime.call.incoming", **data: Any) -> bytes:
 
 async def post_webhook(
     body: bytes, headers: dict[str, str], *, client: AsyncClient | None = None
-) -> HttpResponse:
+) -> Response:
     """POST `body` with `headers` to the webhook view (as application/json)."""
     client = client or AsyncClient()
-    response: HttpResponse = await client.post(
+    response: Response = await client.post(
         WEBHOOK_PATH, data=body, content_type="application/json", headers=headers
     )
     return response
