@@ -36,6 +36,7 @@ from calls.models import Call
 from calls.observer import store
 from calls.observer.events import TURN_BOUNDARIES, SessionEvent, parse_server_event
 from calls.observer.publish import publish_events, publish_status
+from calls.observer.tools import ToolRunner
 from calls.observer.transcript import TranscriptAssembler
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ class CallObserver:
         self._flush_lock = asyncio.Lock()
         self._last_error = ""
         self._background: set[asyncio.Task[None]] = set()
+        #: Runs the model's function calls (calls.observer.tools); made when the call is loaded.
+        self.tools: ToolRunner | None = None
 
     # ---- control ----------------------------------------------------------------------------------
 
@@ -161,6 +164,14 @@ class CallObserver:
                 self._answered_at = snapshot.answered_at
                 self._answered.set()
             logger.info("call %s: observing provider call %s", self.call_id, snapshot.provider_call_id)
+            self.tools = ToolRunner(
+                self.call_id,
+                send=self._send_current,
+                record=self._record,
+                hang_up=self._start_hang_up,
+                expected_session=snapshot.expected_session,
+            )
+            self.tools.start()
             helpers = [
                 asyncio.create_task(self._flush_forever(), name=f"observer-flush-{self.call_id}"),
                 asyncio.create_task(self._guard_duration(), name=f"observer-guard-{self.call_id}"),
@@ -171,6 +182,7 @@ class CallObserver:
                 for task in helpers:
                     task.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
+                await self.tools.aclose()
                 if self._background:  # a hang-up we started: let it record its reason first
                     await asyncio.wait(self._background, timeout=HANG_UP_WAIT_S)
                 # A worker shutting down cancels us, but what was received must be stored.
@@ -247,6 +259,9 @@ class CallObserver:
         self.connection = connection
         self.connected.set()
         await self._greet_phone_caller(connection)
+        await self._greet_phone_caller(connection)
+        if self.tools is not None:
+            await self.tools.flush_session_update()
         counter = [0]
         reader = asyncio.create_task(self._read(connection, attempt, counter))
         stop = asyncio.create_task(self._stopping.wait())
@@ -285,6 +300,17 @@ class CallObserver:
         ):
             await self._send(connection, {"type": "response.create"})
 
+    async def _greet_phone_caller(self, connection: ClientConnection) -> None:
+        """A phone caller hears nothing until the agent speaks: on the first connection to a phone
+        call not answered before (not a resumed one), ask for the first response (the greeting)."""
+        if (
+            self.connections == 1
+            and self._snapshot is not None
+            and self._snapshot.mode == Call.Mode.PHONE
+            and self._snapshot.answered_at is None
+        ):
+            await self._send(connection, {"type": "response.create"})
+
     # ---- one event --------------------------------------------------------------------------------
 
     async def _receive(self, message: str | bytes, connection: ClientConnection) -> None:
@@ -297,6 +323,8 @@ class CallObserver:
             self._activate_at = at
             self._answered_at = at
             self._answered.set()
+        if self.tools is not None:
+            self.tools.on_event(payload)  # starts tasks for function calls; never waits on a tool
         event = parse_server_event(payload, call_id=self.call_id)
         flush_now = stored_type in TURN_BOUNDARIES
         if event is not None:
@@ -330,6 +358,17 @@ class CallObserver:
             store.PendingEvent(sequence=self._next_sequence, type=event_type, payload=payload, received_at=at)
         )
         self._next_sequence += 1
+
+    async def _send_current(self, event: dict[str, Any]) -> None:
+        """Send on whichever sideband is open now (tools answer after a reconnection too)."""
+        connection = self.connection
+        if connection is None:
+            raise ConnectionError("no sideband open")
+        await self._send(connection, event)
+
+    def _record(self, event_type: str, payload: dict[str, Any]) -> None:
+        """Store (and publish live) an event of ours, e.g. a tool invocation's start and end."""
+        self._append(event_type, {"type": event_type, **payload}, timezone.now())
 
     async def _send(self, connection: ClientConnection, event: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionClosed):
