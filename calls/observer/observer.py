@@ -259,7 +259,6 @@ class CallObserver:
         self.connection = connection
         self.connected.set()
         await self._greet_phone_caller(connection)
-        await self._greet_phone_caller(connection)
         if self.tools is not None:
             await self.tools.flush_session_update()
         counter = [0]
@@ -288,17 +287,6 @@ class CallObserver:
                     return
                 counter[0] += 1
                 await self._receive(message, connection)
-
-    async def _greet_phone_caller(self, connection: ClientConnection) -> None:
-        """A phone caller hears nothing until the agent speaks: on the first connection to a phone
-        call not answered before (not a resumed one), ask for the first response (the greeting)."""
-        if (
-            self.connections == 1
-            and self._snapshot is not None
-            and self._snapshot.mode == Call.Mode.PHONE
-            and self._snapshot.answered_at is None
-        ):
-            await self._send(connection, {"type": "response.create"})
 
     async def _greet_phone_caller(self, connection: ClientConnection) -> None:
         """A phone caller hears nothing until the agent speaks: on the first connection to a phone
