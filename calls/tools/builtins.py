@@ -22,18 +22,37 @@ END_CALL_REASON: Final = "ended by the agent"
 _TARGET_NUMBER: Final = re.compile(r"^\+?[0-9][0-9 ()./-]{2,30}$")
 
 
+def _zone_name(value: str) -> str | None:
+    """An IANA zone from an IANA name, or from a city that names one ("Tokyo" → Asia/Tokyo): models
+    and the local engine's rule responder often pass the city that was asked about."""
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    else:
+        return text
+    city = text.replace(" ", "_").lower()
+    matches = sorted(
+        zone for zone in zoneinfo.available_timezones() if zone.lower().rsplit("/", 1)[-1] == city
+    )
+    return matches[0] if matches else None
+
+
 @tool
 def get_current_time(timezone: str) -> dict[str, str]:
     """Get the current date and time in a time zone.
 
     Args:
-        timezone: An IANA time zone name, e.g. "Europe/Paris", "America/New_York" or "UTC".
+        timezone: An IANA time zone name, e.g. "Europe/Paris", "America/New_York" or "UTC" (a city
+            that names a zone, e.g. "Tokyo", is understood too).
     """
-    name = timezone.strip()
-    try:
-        zone = zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ToolError(f"unknown time zone {name!r}; use an IANA name such as Europe/Paris") from None
+    name = _zone_name(timezone)
+    if name is None:
+        raise ToolError(f"unknown time zone {timezone.strip()!r}; use an IANA name such as Europe/Paris")
+    zone = zoneinfo.ZoneInfo(name)
     now = dt.datetime.now(zone)
     return {
         "timezone": name,

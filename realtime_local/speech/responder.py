@@ -65,7 +65,7 @@ _STOPWORDS = frozenset(
 )
 _PLACE_PARAMS = {
     *("city", "location", "place", "town", "country", "region", "where", "destination", "address"),
-    *("room", "area", "zone", "floor"),
+    *("room", "area", "zone", "floor", "timezone"),
 }
 # Places follow "in/at/near" (the last one wins: "set it to 40 in the kitchen"), else "for/to/of".
 _PLACE_AFTER = (
@@ -155,20 +155,28 @@ class RuleResponder:
 
         A tool matches when a meaningful word of its name (e.g. "weather" in `get_weather`) is in
         the utterance; description keywords only break ties. Stems make "lights" match `light`.
+        A namespaced name (`weather__get_weather`, an MCP server's tool) matches on its server part
+        too, but ranks below a match on the tool's own name: every tool of the "weather" server has
+        "weather" in its name.
         """
         heard_stems = {_stem(word) for word in _words(heard) if word not in _STOPWORDS}
-        best: tuple[int, int, ToolSpec] | None = None
+
+        def hits(text: str) -> int:
+            return len({_stem(w) for w in _name_words(text) if w not in _STOPWORDS} & heard_stems)
+
+        best: tuple[int, int, int, ToolSpec] | None = None
         for tool in tools:
-            name_hits = len({_stem(w) for w in _name_words(tool.name) if w not in _STOPWORDS} & heard_stems)
-            if not name_hits:
+            namespace, _, own_name = tool.name.rpartition("__")
+            own_hits, namespace_hits = hits(own_name), hits(namespace)
+            if not own_hits and not namespace_hits:
                 continue
             described = {_stem(w) for w in _words(tool.description) if w not in _STOPWORDS}
-            score = (name_hits, len(described & heard_stems))
-            if best is None or score > best[:2]:
+            score = (own_hits, namespace_hits, len(described & heard_stems))
+            if best is None or score > best[:3]:
                 best = (*score, tool)
         if best is None:
             return None
-        tool = best[2]
+        tool = best[3]
         return FunctionCallReply(name=tool.name, arguments=json.dumps(self.fill_arguments(heard, tool)))
 
     def fill_arguments(self, heard: str, tool: ToolSpec) -> dict[str, Any]:

@@ -301,3 +301,17 @@ def test_an_unreachable_server_raises_a_responder_error() -> None:
     responder = OpenAICompatibleResponder(f"http://127.0.0.1:{port}/v1", model="tiny", connect_timeout_s=2)
     with pytest.raises(ResponderError, match="failed"):
         ask(responder, user("Hi"), tools=[])
+
+
+def test_a_timezone_parameter_takes_the_place_asked_about() -> None:
+    clock = ToolSpec(
+        name="get_current_time",
+        description="Get the current date and time in a time zone.",
+        parameters={
+            "type": "object",
+            "properties": {"timezone": {"type": "string"}},
+            "required": ["timezone"],
+        },
+    )
+    (call,) = rules(user("What time is it in Tokyo?"), tools=[*TOOLS, clock])
+    assert call == FunctionCallReply(name="get_current_time", arguments='{"timezone": "Tokyo"}')

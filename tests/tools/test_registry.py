@@ -240,3 +240,11 @@ def test_registry_and_toolbox_refuse_duplicate_names() -> None:
     assert not box.add(make_tool(book_table)) and box.names() == ["book_table"]
     with pytest.raises(ValueError, match="must match"):
         make_tool(book_table, name="weather.get")
+
+
+async def test_get_current_time_understands_a_city_that_names_a_zone() -> None:
+    ctx = await asyncio.to_thread(context)
+    clock = registry.get("get_current_time")
+    assert clock is not None
+    result = await clock.invoke('{"timezone": "new york"}', context=ctx)
+    assert result.ok and json.loads(result.output)["timezone"] == "America/New_York"
