@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -35,10 +36,20 @@ class EngineError(CommandError):
 class LocalEngineProcess:
     """The `realtime_local` engine run as a child process, with a bounded wait for its /healthz."""
 
-    def __init__(self, *, host: str, port: int, api_key: str) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        api_key: str,
+        webhook_url: str | None = None,
+        webhook_secret: str = "",
+    ) -> None:
         self.host = host
         self.port = port
         self.api_key = api_key
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
         self.process: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -67,7 +78,13 @@ class LocalEngineProcess:
             "--api-key",
             self.api_key,
         ]
-        self.process = subprocess.Popen(command)
+        env = dict(os.environ)
+        if self.webhook_url:
+            # Phone calls: the engine signs its incoming-call webhooks with our OPENAI_SIGNING_SECRET
+            # (passed in the environment, not on the command line where `ps` would show it).
+            command += ["--webhook-url", self.webhook_url]
+            env["REALTIME_LOCAL_WEBHOOK_SECRET"] = self.webhook_secret
+        self.process = subprocess.Popen(command, env=env)
 
     def wait_ready(self, *, timeout_s: float, progress: Callable[[str], None]) -> float:
         """Poll /healthz until it answers 200; return the seconds it took, or raise EngineError."""
@@ -132,6 +149,13 @@ class ReportingServer(Server):  # type: ignore[misc]
         super().listen_error(failure)
 
 
+def _webhook_url(host: str, port: int) -> str:
+    """Our webhook as the engine (on this machine) reaches it."""
+    loopback = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    display = f"[{loopback}]" if ":" in loopback else loopback
+    return f"http://{display}:{port}/telephony/webhook"
+
+
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM before the server runs: unwind like Ctrl-C so the engine child is stopped too."""
     raise KeyboardInterrupt
@@ -160,7 +184,7 @@ class Command(BaseCommand):
         engine: LocalEngineProcess | None = None
         try:
             if settings.USES_LOCAL_ENGINE and not no_engine:
-                engine = self.start_local_engine(timeout_s=engine_timeout)
+                engine = self.start_local_engine(timeout_s=engine_timeout, web_host=host, web_port=port)
             elif not settings.USES_LOCAL_ENGINE:
                 self.stdout.write(f"Realtime API: {settings.REALTIME_BASE_URL} (OPENAI_API_KEY is set)")
             self.prepare_static_files()
@@ -173,8 +197,14 @@ class Command(BaseCommand):
                 self.stdout.write("Stopping the local engine.")
                 engine.stop()
 
-    def start_local_engine(self, *, timeout_s: float) -> LocalEngineProcess | None:
-        """Start the engine and wait until it is ready; None (with a warning) if it cannot run yet."""
+    def start_local_engine(
+        self, *, timeout_s: float, web_host: str = "127.0.0.1", web_port: int = 8000
+    ) -> LocalEngineProcess | None:
+        """Start the engine and wait until it is ready; None (with a warning) if it cannot run yet.
+
+        Its signed `realtime.call.incoming` webhooks go to our `/telephony/webhook`, signed with
+        `OPENAI_SIGNING_SECRET` (a per-checkout development secret by default), so phone calls to
+        the engine work out of the box."""
         if not LocalEngineProcess.available():
             self.stderr.write(
                 self.style.WARNING(
@@ -187,6 +217,8 @@ class Command(BaseCommand):
             host=settings.REALTIME_LOCAL_HOST,
             port=settings.REALTIME_LOCAL_PORT,
             api_key=settings.REALTIME_LOCAL_API_KEY,
+            webhook_url=_webhook_url(web_host, web_port) if settings.OPENAI_SIGNING_SECRET else None,
+            webhook_secret=settings.OPENAI_SIGNING_SECRET,
         )
         base = engine.health_url.removesuffix("/healthz")
         self.stdout.write(f"Starting the local realtime engine on {base} …")
