@@ -5,6 +5,7 @@ import { timestamp } from "./activity-log.js";
 
 /** A one-line hint of what an event carries, for the row. */
 export function summarize(event) {
+  if (event.type?.startsWith("voiceagent.tool.")) return `${event.name ?? ""} ${event.status ?? ""}`.trim();
   if (typeof event.delta === "string") return JSON.stringify(event.delta);
   if (typeof event.transcript === "string") return JSON.stringify(event.transcript);
   if (event.response?.status) return `status ${event.response.status}`;

@@ -2,8 +2,17 @@
 // growing as deltas arrive, interrupted replies marked, each reply labelled with its turn latency.
 // TranscriptModel is pure data (testable without a page); TranscriptView renders it (textContent only).
 
-/** @typedef {{itemId: string, role: "user"|"assistant", text: string, final: boolean,
- *   interrupted: boolean, responseId: string|null, latencyMs: number|null}} Turn */
+/** @typedef {{itemId: string, role: "user"|"assistant"|"tool", text: string, final: boolean,
+ *   interrupted: boolean, responseId: string|null, latencyMs: number|null, status?: string}} Turn */
+
+/** The one-line text of a tool call: `name(arguments)`, then `→ output` once it finished. */
+export function toolCallText(event, previous = "") {
+  const args = event.arguments === undefined ? "" : JSON.stringify(event.arguments);
+  const call = event.arguments === undefined && previous ? previous.split(" → ")[0] : `${event.name ?? "tool"}(${args})`;
+  if (event.type !== "voiceagent.tool.finished") return call;
+  const took = Number.isFinite(event.duration_ms) ? ` (${event.duration_ms} ms)` : "";
+  return `${call} → ${event.output ?? ""}${took}`;
+}
 
 export class TranscriptModel {
   constructor() {
@@ -86,6 +95,16 @@ export class TranscriptModel {
         turn.interrupted = true;
         return [turn];
       }
+      // Our observer's own events: the agent's tool calls, shown where they happen in the talk.
+      case "voiceagent.tool.started":
+      case "voiceagent.tool.finished": {
+        if (!event.call_id) return [];
+        const turn = this.#turn(`tool:${event.call_id}`, "tool");
+        turn.text = toolCallText(event, turn.text);
+        turn.final = type === "voiceagent.tool.finished";
+        turn.status = turn.final ? event.status ?? "completed" : "running";
+        return [turn];
+      }
       case "response.done": {
         const response = event.response ?? {};
         const ids = new Set((response.output ?? []).map((item) => item.id));
@@ -140,6 +159,8 @@ export class TranscriptView {
       parts.bubble.classList.toggle("partial", !turn.final);
       parts.bubble.classList.toggle("interrupted", turn.interrupted);
       parts.bubble.dataset.final = String(turn.final);
+      if (turn.status) parts.bubble.dataset.status = turn.status;
+      parts.bubble.classList.toggle("failed", turn.status === "failed");
       parts.text.textContent = turn.text || (turn.failed ? "(not transcribed)" : "…");
       parts.tag.hidden = !turn.interrupted;
       parts.latency.hidden = turn.latencyMs === null;
@@ -156,7 +177,7 @@ export class TranscriptView {
     const who = document.createElement("div");
     who.className = "who";
     const role = document.createElement("span");
-    role.textContent = turn.role === "user" ? "You" : "Agent";
+    role.textContent = { user: "You", assistant: "Agent", tool: "Tool" }[turn.role] ?? turn.role;
     const latency = document.createElement("span");
     latency.className = "latency";
     latency.title = "From the end of your speech to the first sign of this reply";
