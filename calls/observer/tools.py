@@ -138,6 +138,11 @@ class ToolRunner:
                 self.toolbox = Toolbox()
                 return
             self.toolbox = await build_toolbox(call, registry=registry)
+            for provider in registry.providers:
+                # What a provider could not offer (an MCP server that is down) is stored on the call.
+                pop_notices = getattr(provider, "pop_notices", None)
+                for notice in pop_notices(call) if pop_notices is not None else []:
+                    self._record(str(notice.get("type", "voiceagent.tool.notice")), notice)
             specs = self.toolbox.function_specs()
             if specs != (self._expected.get("tools") or []):
                 # Providers added tools: expect them from now on, and offer them to the model.

@@ -128,7 +128,7 @@ class ServerConnection:
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.spec.timeout_s)
         except BaseException:
-            self._start_closing()
+            self.start_closing()
             if not background_cleanup:
                 await self.close()
             raise
@@ -195,14 +195,15 @@ class ServerConnection:
             raise ToolError(text or f"{tool} failed on the MCP server {self.spec.name}")
         return text
 
-    def _start_closing(self) -> asyncio.Task[None]:
+    def start_closing(self) -> asyncio.Task[None]:
+        """Begin closing without waiting (the task is kept: `close` awaits the same one)."""
         if self._closing is None:
             self._closing = asyncio.create_task(self._shutdown(), name=f"mcp-close:{self.spec.name}")
         return self._closing
 
     async def close(self) -> None:
         """End the session (and its subprocess or HTTP session); bounded, idempotent."""
-        await asyncio.shield(self._start_closing())
+        await asyncio.shield(self.start_closing())
 
     async def _shutdown(self) -> None:
         self._stop.set()
@@ -321,9 +322,17 @@ class McpToolProvider:
         connections = [ServerConnection(spec) for spec in specs]
         # Kept whatever happens: close() also waits for a failed server's clean-up.
         self._connections.setdefault(call.pk, []).extend(connections)
-        results = await asyncio.gather(
-            *(connection.open(background_cleanup=True) for connection in connections), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(connection.open(background_cleanup=True) for connection in connections),
+                return_exceptions=True,
+            )
+        except BaseException:
+            # Cancelled (the call ended while its servers were connecting): the toolbox will not
+            # close us, so every connection, opened or not, winds down on its own.
+            for connection in self._connections.pop(call.pk, []):
+                connection.start_closing()
+            raise
         tools: list[Tool] = []
         for spec, connection, result in zip(specs, connections, results, strict=True):
             if result is None:
