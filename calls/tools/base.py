@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_type_hints, overload, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -50,7 +52,15 @@ TOOL_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Longest output sent back to the model (a runaway tool must not flood the conversation).
 MAX_OUTPUT_CHARS: Final = 20_000
 
+#: Threads running sync tools, for all calls of the process together.
+TOOL_THREADS: Final = 64
+
 ToolStatus = Literal["completed", "failed"]
+
+
+@functools.cache
+def _executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=TOOL_THREADS, thread_name_prefix="tool")
 
 
 class ToolError(Exception):
@@ -182,8 +192,10 @@ class Tool:
         if inspect.iscoroutinefunction(self.handler):
             return await self.handler(**arguments)
         # A thread: a slow sync tool must not hold the observer's event loop (it cannot be killed
-        # on timeout; the call goes on without its answer and the thread ends on its own).
-        result = await asyncio.to_thread(self.handler, **arguments)
+        # on timeout; the call goes on without its answer and the thread ends on its own). Our own
+        # pool: the loop's default one has cpu+4 threads, so 20 calls' slow tools would queue.
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(_executor(), functools.partial(self.handler, **arguments))
         if inspect.isawaitable(result):
             return await result
         return result
