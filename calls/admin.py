@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import InlineModelAdmin
@@ -20,7 +21,13 @@ from django.utils.html import format_html
 
 from calls import selectors
 from calls.models import AgentProfile, Call, Event, McpServer, ToolInvocation, TranscriptTurn, WebhookDelivery
+from calls.services.calls import hang_up_call
+from calls.services.realtime_client import RealtimeError
 from calls.templatetags.calls_format import format_duration
+
+#: The end reason of a call an admin hung up (the console's button says "hung up by the user").
+ADMIN_HANGUP_REASON = "hung up by an admin"
+LIVE_STATUSES = (Call.Status.CONNECTING, Call.Status.ACTIVE)
 
 admin.site.site_header = "voiceagent admin"
 admin.site.site_title = "voiceagent admin"
@@ -67,6 +74,8 @@ class AgentProfileForm(forms.ModelForm[AgentProfile]):
             "turn_detection",
             "max_call_duration",
             "tools",
+            "phone_numbers",
+            "transfer_targets",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -87,6 +96,7 @@ class AgentProfileAdmin(admin.ModelAdmin[AgentProfile]):
         (None, {"fields": ["name", "is_default", "instructions"]}),
         ("Voice and model", {"fields": ["voice", "model", "turn_detection"]}),
         ("Tools", {"fields": ["tools"]}),
+        ("Phone", {"fields": ["phone_numbers", "transfer_targets"]}),
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
 
@@ -139,8 +149,9 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
         ("created_at", admin.DateFieldListFilter),
     ]
     date_hierarchy = "created_at"
-    search_fields = ["caller_number", "provider_call_id", "turns__text", "=id"]
-    search_help_text = "Caller number, provider call id, transcript text, or an exact call id."
+    search_fields = ["caller_number", "callee_number", "provider_call_id", "turns__text", "=id"]
+    search_help_text = "Caller or dialled number, provider call id, transcript text, or an exact call id."
+    actions = ["hang_up"]
     list_per_page = 50
     show_full_result_count = False
     inlines = [ToolInvocationInline, WebhookDeliveryInline]
@@ -153,7 +164,11 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
 
     fieldsets = [
         (None, {"fields": ["id", "provider_call_id", "status", "end_reason", "error"]}),
-        ("Who and how", {"fields": ["source", "mode", "transport", "user", "caller_number", "agent"]}),
+        (
+            "Who and how",
+            {"fields": ["source", "mode", "transport", "user", "caller_number", "callee_number", "agent"]},
+        ),
+        ("SIP", {"fields": ["sip_headers"], "classes": ["collapse"]}),
         ("Timing", {"fields": ["created_at", "answered_at", "ended_at", "duration_display"]}),
         ("Usage", {"fields": ["usage"], "classes": ["collapse"]}),
     ]
@@ -161,6 +176,30 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Call]:
         return selectors.calls_with_counts(super().get_queryset(request))
+
+    def has_hang_up_permission(self, request: HttpRequest) -> bool:
+        """Staff who may see calls may end live ones (the console's hang-up button has the same rule)."""
+        return bool(request.user.is_staff) and self.has_view_permission(request)
+
+    @admin.action(description="Hang up selected live calls", permissions=["hang_up"])
+    def hang_up(self, request: HttpRequest, queryset: QuerySet[Call]) -> None:
+        """End each selected call that is still live, through the lifecycle service (upstream hang-up,
+        status `ended` with the reason, observer told); finished calls are left as they are."""
+        live = list(Call.objects.filter(pk__in=queryset.values("pk"), status__in=LIVE_STATUSES))
+        failed = 0
+        for call in live:
+            try:
+                async_to_sync(hang_up_call)(call=call, reason=ADMIN_HANGUP_REASON)
+            except RealtimeError as exc:
+                failed += 1
+                self.message_user(
+                    request, f"Call {call.id} could not be hung up: {exc.message}", messages.ERROR
+                )
+        done = len(live) - failed
+        if done:
+            self.message_user(request, f"Hung up {done} call{'s' if done != 1 else ''}.", messages.SUCCESS)
+        elif not failed:
+            self.message_user(request, "None of the selected calls is live.", messages.WARNING)
 
     def change_view(
         self,
