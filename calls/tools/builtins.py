@@ -140,8 +140,13 @@ async def transfer_call(target: str, context: ToolContext) -> dict[str, str]:
     transfer = getattr(services, "transfer_call", None)
     if transfer is None:
         raise ToolError("call transfer is not available on this server yet")
-    await transfer(call=context.call, target_uri=target_uri)
-    return {"status": "transferring", "target": target_uri}
+    refused = getattr(services, "TransferError", None)
+    refusals: tuple[type[BaseException], ...] = (refused,) if isinstance(refused, type) else ()
+    try:
+        await transfer(call=context.call, target_uri=target_uri)
+    except refusals as exc:  # not allowed, not live: the model should tell the caller
+        raise ToolError(f"transfer refused: {exc}") from None
+    return {"status": "transferred", "target": target_uri}
 
 
 BUILTIN_TOOLS: Final[tuple[Tool, ...]] = (get_current_time, get_weather, end_call, transfer_call)
