@@ -60,6 +60,7 @@ END_REASON_MISSED: Final = "caller hung up before answer"
 END_REASON_OVER_CAPACITY: Final = "over the concurrent-call limit"
 END_REASON_CLOSED: Final = "outside business hours"
 END_REASON_TRANSFERRED: Final = "transferred"
+STAFF_HANGUP_REASON: Final = "hung up by staff"
 #: Bound on what we keep of the SIP headers (a hostile INVITE could carry many).
 MAX_SIP_HEADERS: Final = 64
 MAX_SIP_HEADER_CHARS: Final = 1024

@@ -1,4 +1,4 @@
-"""Telephony routes: the signed SIP webhook (`telephony:webhook`)."""
+"""Telephony routes: the signed SIP webhook (`telephony:webhook`), staff hang-up (`telephony:hang-up`)."""
 
 from django.urls import URLPattern, path
 
@@ -7,4 +7,5 @@ from telephony import views
 app_name = "telephony"
 urlpatterns: list[URLPattern] = [
     path("webhook", views.webhook, name="webhook"),
+    path("calls/<uuid:call_id>/hang-up", views.hang_up_phone_call, name="hang-up"),
 ]

@@ -9,13 +9,20 @@ carries the reason only (no headers, no body: they name callers).
 from __future__ import annotations
 
 import logging
+import uuid
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from telephony.services import SigningSecretMissing, WebhookRefused, receive_webhook
+from calls.models import Call
+from calls.permissions import staff_required
+from calls.services.calls import hang_up_call
+from calls.services.realtime_client import RealtimeError
+from calls.views.api import upstream_error_response
+from telephony.services import STAFF_HANGUP_REASON, SigningSecretMissing, WebhookRefused, receive_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -49,3 +56,18 @@ async def webhook(request: HttpRequest) -> HttpResponse:
     except WebhookRefused as exc:
         return _refuse(exc.reason, exc.status)
     return JsonResponse({"outcome": "duplicate" if decision.duplicate else decision.outcome})
+
+
+@require_POST
+@staff_required
+async def hang_up_phone_call(request: HttpRequest, call_id: uuid.UUID) -> HttpResponse:
+    """`POST /telephony/calls/<uuid>/hang-up` (staff, CSRF-protected form of the console's phone card):
+    end a live phone call (idempotent), then back to the console; an upstream failure is a JSON error."""
+    call = await Call.objects.filter(pk=call_id, source=Call.Source.SIP).afirst()
+    if call is None:
+        return JsonResponse({"error": "No such phone call."}, status=404)
+    try:
+        await hang_up_call(call=call, reason=STAFF_HANGUP_REASON)
+    except RealtimeError as exc:
+        return upstream_error_response(exc)
+    return redirect("console")
