@@ -97,16 +97,26 @@ def _development_signing_secret() -> str:
     return secret
 
 
+def _optional_positive_int(name: str) -> int | None:
+    """A positive integer variable; unset or empty (as .env.example leaves it) means None."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a positive whole number.")
+    return int(raw)
+
+
 # --- Phone calls (docs/telephony.md) ------------------------------------------------------------
 if not OPENAI_SIGNING_SECRET and USES_LOCAL_ENGINE:
     OPENAI_SIGNING_SECRET = _development_signing_secret()
 # At most this many phone calls at once (connecting or active); more are rejected with 486 Busy Here.
-TELEPHONY_MAX_CONCURRENT_CALLS: int | None = env.int("TELEPHONY_MAX_CONCURRENT_CALLS", default=None)
+TELEPHONY_MAX_CONCURRENT_CALLS: int | None = _optional_positive_int("TELEPHONY_MAX_CONCURRENT_CALLS")
 # When the line answers, e.g. "Mon-Fri 09:00-17:00 Europe/Paris" (telephony/hours.py); empty: always.
 # Outside these hours calls are rejected with 480 Temporarily Unavailable.
 TELEPHONY_BUSINESS_HOURS: str = env.str("TELEPHONY_BUSINESS_HOURS", default="")
 # Largest webhook body accepted, in bytes (an incoming-call event is a few KiB).
-TELEPHONY_WEBHOOK_MAX_BYTES: int = env.int("TELEPHONY_WEBHOOK_MAX_BYTES", default=256 * 1024)
+TELEPHONY_WEBHOOK_MAX_BYTES: int = _optional_positive_int("TELEPHONY_WEBHOOK_MAX_BYTES") or 256 * 1024
 # Seconds allowed for one upstream REST call (SDP exchange, call control).
 REALTIME_HTTP_TIMEOUT: float = env.float("REALTIME_HTTP_TIMEOUT", default=10.0)
 # ICE servers the console's peer connection uses (comma-separated stun:/turn: URLs). None by default:
