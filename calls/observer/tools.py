@@ -305,7 +305,10 @@ class ToolRunner:
             return  # interrupted: the user is speaking and a new response will follow
         if self._hang_up_reason is not None and self._goodbye_id is None:
             self._expect_goodbye = True
-        await self._send({"type": "response.create"})
+        try:
+            await self._send({"type": "response.create"})
+        except ConnectionError:
+            logger.warning("call %s: no sideband to ask for the answer to its tool calls", self.call_id)
 
     # ---- polite hang-up ---------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from calls.tools import (
 from calls.tools.builtins import transfer_target_uri
 from tests.factories import CallFactory
 
-pytestmark = pytest.mark.django_db
+# Transactional: the async tests create their call in a worker thread (its own connection).
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def book_table(
