@@ -17,16 +17,18 @@ import sqlite3
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from realtime_local.sip.g711 import ulaw_decode
 from realtime_local.sip.rtp import parse_rtp
-from scripts.screenshots import DemoServer, demo_server
+from scripts.screenshots import DEMO_PASSWORD, DEMO_USERNAME, DemoServer, demo_server
 from tests.e2e.sipp_call import CALLEE, CALLER, release_options, scenario, sipp_command, write_rtp_pcap
 from tests.engine.fixtures_media import espeak, rms
 
@@ -226,3 +228,29 @@ def test_sipp_call_is_verified_accepted_heard_answered_and_recorded(
         provider_call_id.startswith("rtc_")
         and set(re.findall(r"[a-z]+", user_text.lower())) >= QUESTION_WORDS
     )
+    admin = admin_page(server, str(uuid.UUID(db_id)))
+    assert CALLER in admin and ">Ended<" in admin.replace("\n", "")
+    duration = re.search(r"duration_display.*?<div class=\"readonly\">([^<]+)<", admin, re.S)
+    assert duration is not None and duration.group(1).strip() not in ("", "-"), duration
+    assert "library" in admin.lower() and "sunday" in admin.lower()  # the transcript is on the page
+
+
+def admin_page(server: DemoServer, call_pk: str) -> str:
+    """The call's admin change page (fields and transcript), signed in as the demo admin."""
+    with httpx.Client(base_url=server.base_url, timeout=15.0) as http:
+        login = http.get("/admin/login/?next=/admin/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text)
+        assert token is not None
+        signed_in = http.post(
+            "/admin/login/?next=/admin/",
+            data={
+                "csrfmiddlewaretoken": token.group(1),
+                "username": DEMO_USERNAME,
+                "password": DEMO_PASSWORD,
+            },
+            headers={"Referer": server.base_url + "/admin/login/"},
+        )
+        assert signed_in.status_code == 302, signed_in.text[:500]
+        admin = http.get(f"/admin/calls/call/{call_pk}/change/")
+        assert admin.status_code == 200
+        return admin.text
