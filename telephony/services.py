@@ -390,6 +390,21 @@ async def wait_for_answers(*, grace_s: float = 15.0) -> None:
         await asyncio.wait(set(_answering), timeout=grace_s)
 
 
+#: Turn-detection fields OpenAI refuses on SIP accepts (protocol.md §4; openai-agents-js #741).
+SIP_UNSUPPORTED_TURN_DETECTION: Final = ("threshold", "prefix_padding_ms", "silence_duration_ms")
+
+
+def phone_session_config(profile: AgentProfile) -> dict[str, Any]:
+    """The agent's session config for `accept`: the phone-mode config without the turn-detection
+    tuning fields SIP accepts refuse (the API then uses its defaults for them)."""
+    session = build_session_config(profile, mode=Call.Mode.PHONE)
+    turn_detection = session.get("audio", {}).get("input", {}).get("turn_detection")
+    if isinstance(turn_detection, dict):
+        for key in SIP_UNSUPPORTED_TURN_DETECTION:
+            turn_detection.pop(key, None)
+    return session
+
+
 async def answer_incoming_call(*, decision: Decision) -> None:
     """Accept or reject the call upstream as decided, then start observing an accepted call."""
     assert decision.provider_call_id is not None
@@ -402,7 +417,7 @@ async def answer_incoming_call(*, decision: Decision) -> None:
         return
     assert decision.call_id is not None
     call = await Call.objects.select_related("agent").aget(pk=decision.call_id)
-    session = build_session_config(call.agent, mode=Call.Mode.PHONE)
+    session = phone_session_config(call.agent)
     try:
         async with RealtimeClient() as client:
             await client.accept_call(decision.provider_call_id, session=session)

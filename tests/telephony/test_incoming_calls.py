@@ -368,3 +368,21 @@ async def test_the_observer_greets_a_phone_caller_once_accepted(
                 break
             await asyncio.sleep(0.1)
     await phone_engine.control(captured.provider_call_id, "hangup")
+
+
+async def test_the_accept_carries_the_agent_session_without_the_turn_detection_sip_refuses(
+    fake_upstream: Callable[[Respond], Awaitable[FakeUpstream]],
+    settings: SettingsWrapper,
+    default_agent: AgentProfile,
+) -> None:
+    upstream = await fake_upstream(ok)
+    settings.OPENAI_SIGNING_SECRET = WEBHOOK_SECRET
+    body = incoming()
+    await post_webhook(body, signed_headers(body))
+    await wait_for_answers()
+    [accept] = [seen for seen in upstream.seen if seen.path.endswith("/accept")]
+    session = json.loads(accept.body)
+    assert session["type"] == "realtime" and session["instructions"] == default_agent.instructions
+    turn_detection = session["audio"]["input"]["turn_detection"]
+    assert turn_detection["type"] == "server_vad"
+    assert not {"threshold", "prefix_padding_ms", "silence_duration_ms"} & set(turn_detection)
