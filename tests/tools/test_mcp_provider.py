@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from channels.db import database_sync_to_async
@@ -30,6 +32,13 @@ def weather_server(**fields: object) -> McpServer:
     values.update(fields)
     server: McpServer = McpServer.objects.create(**values)
     return server
+
+
+async def poll(condition: Callable[[], bool], *, timeout_s: float) -> None:
+    """Wait until `condition()` holds (process state in /proc has no event to wait on)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
 
 def make_call(*servers: McpServer, agent: AgentProfile | None = None) -> Call:
@@ -124,3 +133,20 @@ async def test_a_profile_without_servers_gets_no_tools() -> None:
     assert list(await provider.open(call)) == []
     await provider.close(call)
     assert provider.open_calls() == 0
+
+
+async def test_a_call_that_ends_while_its_servers_connect_leaves_no_process() -> None:
+    def setup() -> Call:
+        return make_call(weather_server(name="hung", command="sleep", args=["60"], timeout_s=30.0))
+
+    call = await database_sync_to_async(setup)()
+    provider = McpToolProvider()
+    before = child_pids()
+    opening = asyncio.ensure_future(provider.open(call))
+    await poll(lambda: bool(child_pids() - before), timeout_s=10)  # the server process is spawned
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    assert provider.open_calls() == 0
+    # The clean-up runs on its own (stdin closed, then SIGTERM after the SDK's grace period).
+    await poll(lambda: not (child_pids() - before), timeout_s=15)
