@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 8000
 SAMPLES_PER_PACKET = 160  # 20 ms at 8 kHz
+PACKET_SECONDS = SAMPLES_PER_PACKET / SAMPLE_RATE
 _HEADER = struct.Struct("!BBHII")
 
 
@@ -165,6 +166,8 @@ class RtpBridge(asyncio.DatagramProtocol):
         timestamp = secrets.randbits(32)
         pending: Pcm16 = np.zeros(0, dtype=np.int16)
         first = True
+        loop = asyncio.get_running_loop()
+        next_at: float | None = None
         try:
             while call.state != "ended":
                 frame = await track.recv()
@@ -172,6 +175,14 @@ class RtpBridge(asyncio.DatagramProtocol):
                 pending = np.concatenate([pending, pcm])
                 while len(pending) >= SAMPLES_PER_PACKET:
                     chunk, pending = pending[:SAMPLES_PER_PACKET], pending[SAMPLES_PER_PACKET:]
+                    # The resampler hands out uneven pieces (0 or 2 packets' worth after a frame), so
+                    # packets go out on their own 20 ms clock; after a stall (> 100 ms) it restarts.
+                    now = loop.time()
+                    if next_at is None or now - next_at > 0.1:
+                        next_at = now
+                    elif next_at > now:
+                        await asyncio.sleep(next_at - now)
+                    next_at += PACKET_SECONDS
                     if self.transport is None or self.transport.is_closing():
                         return
                     self.transport.sendto(

@@ -59,6 +59,18 @@ class SipBindError(OSError):
     """The SIP port cannot be bound (taken, or not permitted below 1024)."""
 
 
+@dataclass(frozen=True)
+class CallFigures:
+    """What one answered call measured, kept after it ends."""
+
+    call_id: str
+    end_reason: str | None
+    invite_to_ok_s: float | None
+    rtp_in: int
+    rtp_out: int
+    jitter_ms: float
+
+
 @dataclass
 class Dialog:
     """One incoming call's SIP state."""
@@ -99,8 +111,8 @@ class SipServer(asyncio.DatagramProtocol):
         self._pending: dict[tuple[str, int, str], asyncio.Future[SipMessage]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        #: Finished dialogs' figures (INVITE→200 OK seconds, RTP counts), newest last; for tests/bench.
-        self.history: list[dict[str, object]] = []
+        #: Answered calls' figures, newest last (the last 100); for tests and bench/sip_answer.py.
+        self.history: list[CallFigures] = []
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -413,14 +425,14 @@ class SipServer(asyncio.DatagramProtocol):
         assert dialog.rtp is not None
         stats = dialog.rtp.stats
         self.history.append(
-            {
-                "call_id": dialog.call.id if dialog.call else None,
-                "end_reason": dialog.call.end_reason if dialog.call else None,
-                "invite_to_ok_s": dialog.answered_after,
-                "rtp_in": stats.packets_in,
-                "rtp_out": stats.packets_out,
-                "jitter_ms": stats.jitter_ms,
-            }
+            CallFigures(
+                call_id=dialog.call.id if dialog.call else "",
+                end_reason=dialog.call.end_reason if dialog.call else None,
+                invite_to_ok_s=dialog.answered_after,
+                rtp_in=stats.packets_in,
+                rtp_out=stats.packets_out,
+                jitter_ms=stats.jitter_ms,
+            )
         )
         del self.history[:-100]
 

@@ -82,7 +82,9 @@ async def test_invite_accept_media_and_caller_bye(
         await asyncio.wait_for(call.ended.wait(), 5)
         assert call.end_reason == "caller_hangup"
         assert (await engine.control(call_id, "hangup")).status_code == 404
-        assert sip.history[-1]["invite_to_ok_s"] is not None
+        figures = sip.history[-1]
+        assert figures.call_id == call_id and figures.end_reason == "caller_hangup"
+        assert figures.invite_to_ok_s is not None and figures.rtp_in >= 45 and figures.rtp_out >= 10
     finally:
         client.close()
 
