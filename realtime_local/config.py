@@ -116,6 +116,16 @@ class EngineConfig:
             raise ConfigError(f"invalid port {self.port}")
         if self.sip_port is not None and not 0 <= self.sip_port <= 65535:
             raise ConfigError(f"invalid SIP port {self.sip_port}")
+        if self.sip_port is not None:
+            try:
+                sip_address = ipaddress.ip_address(self.sip_host)
+            except ValueError:
+                sip_address = None
+            if not isinstance(sip_address, ipaddress.IPv4Address) or sip_address.is_unspecified:
+                raise ConfigError(
+                    f"--sip-host must be the IPv4 address callers reach (it goes into the SDP), "
+                    f"not {self.sip_host!r}"
+                )
 
     @property
     def base_url(self) -> str:

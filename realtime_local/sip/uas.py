@@ -84,6 +84,7 @@ class Dialog:
     call: LocalCall | None = None
     rtp: RtpBridge | None = None
     last_response: bytes | None = None
+    answer_sdp: bytes = b""
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     local_cseq: int = 0
     ended_by_caller: bool = False
@@ -204,8 +205,12 @@ class SipServer(asyncio.DatagramProtocol):
         if dialog is not None:
             if msg.cseq[0] == dialog.invite_cseq and dialog.last_response is not None:
                 self._send(dialog.last_response, addr)  # a retransmission: same answer again
-            elif msg.cseq[0] > dialog.invite_cseq and dialog.state == "confirmed":
-                self._respond(msg, 488, addr, to_tag=dialog.to_tag)  # re-INVITE: media stays as is
+            elif msg.cseq[0] > dialog.invite_cseq and dialog.state == "confirmed" and dialog.answer_sdp:
+                # A re-INVITE (session refresh, hold): answered with the same media, which stays as is.
+                ok = sipmsg.response_to(msg, 200, to_tag=dialog.to_tag)
+                ok.headers += [("Contact", self._contact()), ("Content-Type", "application/sdp")]
+                ok.body = dialog.answer_sdp
+                self._send(ok.encode(), addr)
             return
         if len(self.dialogs) >= self.max_dialogs:
             self._respond(msg, 503, addr, to_tag=sipmsg.new_tag())
@@ -302,7 +307,9 @@ class SipServer(asyncio.DatagramProtocol):
         dialog.rtp = rtp
         ok = sipmsg.response_to(dialog.invite, 200, to_tag=dialog.to_tag)
         ok.headers += [("Contact", self._contact()), ("Allow", ALLOW), ("Content-Type", "application/sdp")]
-        ok.body = build_answer(host=self.host, port=rtp.port, payload_type=dialog.offer.payload_type)
+        ok.body = dialog.answer_sdp = build_answer(
+            host=self.host, port=rtp.port, payload_type=dialog.offer.payload_type
+        )
         dialog.last_response = ok.encode()
         dialog.state = "answered"
         self._send(dialog.last_response, dialog.remote)

@@ -11,6 +11,7 @@ import numpy as np
 import openai
 import pytest
 
+from realtime_local.config import ConfigError, EngineConfig
 from realtime_local.sip import message as sipmsg
 from tests.engine.conftest import WEBHOOK_SECRET, RunningEngine, StartEngine, WebhookReceiver
 from tests.engine.sip_client import SipClient, sdp_media_port
@@ -66,6 +67,10 @@ async def test_invite_accept_media_and_caller_bye(
         client.ack()
         call = engine.state.calls.get(call_id)
         assert call.state == "active"
+        client.send(client.request("INVITE", cseq=2, body=client.offer()))  # a re-INVITE (refresh)
+        refreshed = await client.final_response()
+        assert refreshed.status == 200 and refreshed.body == ok.body
+        client.send(client.request("ACK", cseq=2))
         tone = (np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000) * 8000).astype(np.int16)
         await client.send_audio(tone, ("127.0.0.1", sdp_media_port(ok.body)))
         sip = engine.state.sip
@@ -221,3 +226,10 @@ async def test_port_taken_is_a_clear_error(
     server = SipServer(engine.state, host="127.0.0.1", port=port)
     with pytest.raises(SipBindError, match=f"cannot listen for SIP on udp 127.0.0.1:{port}.*--sip-port"):
         await server.start()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::1", "localhost"])
+def test_sip_host_must_be_a_concrete_ipv4_address(host: str) -> None:
+    with pytest.raises(ConfigError, match="--sip-host"):
+        EngineConfig(sip_port=0, sip_host=host).validate()
+    EngineConfig(sip_port=None, sip_host=host).validate()  # irrelevant without SIP
