@@ -45,7 +45,8 @@ async def webhook(request: HttpRequest) -> HttpResponse:
         return _refuse("invalid Content-Length", 400)
     if declared > limit:
         return _refuse(f"body over {limit} bytes", 413)
-    body = request.body
+    # Read at most one byte past the cap from the stream (a chunked body declares no length).
+    body = request.read(limit + 1)
     if len(body) > limit:
         return _refuse(f"body over {limit} bytes", 413)
     try:

@@ -26,8 +26,10 @@ CALL_ID = "rtc_abcdef123456"
 
 
 def _flip_last_char(signature: str) -> str:
+    """Change one base64 character that carries only signature bits (not the last one before the
+    padding, whose low bits decoding drops)."""
     version, value = signature.split(",", 1)
-    return f"{version},{value[:-2]}{'A' if value[-2] != 'A' else 'B'}{value[-1]}"
+    return f"{version},{value[:5]}{'A' if value[5] != 'A' else 'B'}{value[6:]}"
 
 
 def _without(headers: dict[str, str], name: str) -> dict[str, str]:
