@@ -89,6 +89,7 @@ class Dialog:
     local_cseq: int = 0
     ended_by_caller: bool = False
     refer_answered: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by a NOTIFY in the dialog (the transferee reports the transfer's progress)."""
     task: asyncio.Task[None] | None = None
     invite_received: float = field(default_factory=time.monotonic)
     answered_after: float | None = None
@@ -267,9 +268,6 @@ class SipServer(asyncio.DatagramProtocol):
         future = self._pending.get((msg.call_id, number, method))
         if future is not None and not future.done():
             future.set_result(msg)
-        dialog = self.dialogs.get(msg.call_id)
-        if dialog is not None and method == "REFER":
-            dialog.refer_answered.set()
 
     # ---- one dialog -------------------------------------------------------------------------------
 

@@ -183,8 +183,14 @@ async def test_api_refer_sends_refer_then_bye(
         refer = await client.next_sip()
         assert refer.method == "REFER" and refer.get("Refer-To") == "<tel:+15550009999>"
         client.reply(refer, 202)
+        client.cseq += 1
+        notify = client.request("NOTIFY").replace(b"Content-Length: 0", b"Event: refer\r\nContent-Length: 0")
+        client.send(notify)  # the transfer's progress: the engine then closes the dialog
+        started = asyncio.get_running_loop().time()
+        assert (await client.final_response()).status == 200
         bye = await client.next_sip()
         assert bye.method == "BYE"
+        assert asyncio.get_running_loop().time() - started < 2  # on the NOTIFY, not the 4 s timeout
         client.reply(bye, 200)
     finally:
         client.close()
