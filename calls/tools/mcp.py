@@ -31,7 +31,7 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult, PaginatedRequestParams, TextContent
 from mcp_types import Tool as McpTool
 
 from calls.tools.base import TOOL_NAME, Tool, ToolError
@@ -171,8 +171,6 @@ class ServerConnection:
             self._session = None
 
     async def _list_tools(self, session: ClientSession) -> list[McpTool]:
-        from mcp_types import PaginatedRequestParams
-
         tools: list[McpTool] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
@@ -206,9 +204,14 @@ class ServerConnection:
         await asyncio.shield(self.start_closing())
 
     async def _shutdown(self) -> None:
+        try:
+            await self._stop_holder()
+        finally:
+            if self._ready.done() and not self._ready.cancelled():
+                self._ready.exception()  # mark it retrieved: open() reported it (or gave up waiting)
+
+    async def _stop_holder(self) -> None:
         self._stop.set()
-        if self._ready.done() and not self._ready.cancelled():
-            self._ready.exception()  # retrieved: open() has reported it already
         task, self._task = self._task, None
         if task is None or task.done():
             return

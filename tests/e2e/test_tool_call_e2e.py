@@ -1,6 +1,6 @@
 """Issue 6's acceptance, end to end: a spoken question answered by a tool of an MCP server.
 
-Headless Chromium's fake microphone asks "What is the weather in Paris?" on a web call to
+Headless Chromium's fake microphone asks "What is the weather in Paris?" (Piper voice) on a web call to
 `manage.py serve` (daphne, the embedded observer, and the local engine with offline speech; the
 DemoServer harness of scripts/screenshots.py). The default agent profile is linked to the MCP test
 server (tests/mcp_weather_server.py over stdio) in the server's throw-away database, so:
@@ -24,9 +24,11 @@ import os
 import re
 import subprocess
 import sys
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
@@ -54,15 +56,28 @@ print(server.pk)
 
 @pytest.fixture(scope="module")
 def question_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """48 kHz/16-bit mono, 1 s of silence first (the file starts playing at getUserMedia), 2 s after
-    so that the VAD sees the end."""
+    """The question as Chromium's fake microphone wants it: 48 kHz/16-bit mono, 1 s of silence
+    first (the file starts playing at getUserMedia), 2 s after so that the VAD sees the end.
+
+    Spoken by the engine's bundled Piper voice, not espeak-ng: espeak's "weather" does not survive
+    WebRTC's Opus at voice bit rates (Whisper base then hears "where the" / "winner"; measured with an
+    Opus round trip at 12-32 kb/s, and 3 of 5 browser runs failed that way), Piper's does at every
+    bit rate tried.
+    """
+    from realtime_local.speech import weights
+    from realtime_local.speech.tts import PiperSynthesizer
+
     folder = tmp_path_factory.mktemp("speech")
     raw, wav = folder / "question_raw.wav", folder / "question.wav"
+    synthesizer = PiperSynthesizer(*weights.piper_voice_paths(), threads=1)
+    pcm = np.concatenate(list(synthesizer.synthesize(QUESTION))).astype(np.int16)
+    with wave.open(str(raw), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(synthesizer.sample_rate)
+        out.writeframes(pcm.tobytes())
     subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-s", "130", "-w", str(raw), QUESTION], check=True, timeout=30
-    )
-    subprocess.run(
-        ["sox", str(raw), "-r", "48000", "-b", "16", "-c", "1", str(wav), "pad", "1", "2"],
+        ["sox", str(raw), "-r", "48000", "-b", "16", "-c", "1", str(wav), "gain", "-1", "pad", "1", "2"],
         check=True,
         timeout=30,
     )
