@@ -9,6 +9,7 @@ used, never at import time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,23 @@ if _dotenv.is_file():
 DEBUG: bool = env.bool("DEBUG", default=False)
 
 
-def _development_secret_key() -> str:
-    """A per-checkout key kept under var/, so development sessions survive restarts."""
-    from django.core.management.utils import get_random_secret_key
-
-    path = VAR_DIR / "secret_key"
+def _kept_secret(name: str, make: Callable[[], str]) -> str:
+    """A per-checkout secret kept under var/ (mode 600), made once, so restarts keep using it."""
+    path = VAR_DIR / name
     if path.is_file():
         return path.read_text().strip()
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    key = get_random_secret_key()
-    path.write_text(key)
+    secret = make()
+    path.write_text(secret)
     path.chmod(0o600)
-    return key
+    return secret
+
+
+def _development_secret_key() -> str:
+    """Development sessions survive restarts because the key does."""
+    from django.core.management.utils import get_random_secret_key
+
+    return _kept_secret("secret_key", get_random_secret_key)
 
 
 _secret_key: str | None = env.str("SECRET_KEY", default=None)
@@ -87,14 +93,9 @@ def _development_signing_secret() -> str:
     import base64
     import secrets
 
-    path = VAR_DIR / "webhook_secret"
-    if path.is_file():
-        return path.read_text().strip()
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
-    path.write_text(secret)
-    path.chmod(0o600)
-    return secret
+    return _kept_secret(
+        "webhook_secret", lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+    )
 
 
 def _optional_positive_int(name: str) -> int | None:
