@@ -12,6 +12,7 @@ Environment variables (all optional):
 | `REALTIME_LOCAL_STT_SHORT_CONTEXT` | `1` | encode only the utterance, not 30 s (see `stt`) |
 | `REALTIME_LOCAL_PARTIAL_INTERVAL_MS` | `400` | partial transcript period while the user speaks |
 | `REALTIME_LOCAL_TTS` | `piper` | `piper` (natural) or `espeak` (robotic, tiny) |
+| `REALTIME_LOCAL_TTS_VARIATION` | `0` | `1`: Piper samples prosody noise (varied, not reproducible) |
 | `REALTIME_LOCAL_RESPONDER` | `rules` | `rules`, `openai-compatible` or `llama` |
 | `REALTIME_LOCAL_RESPONDER_URL` | | base URL of a chat-completions server, e.g. `http://127.0.0.1:8080/v1` |
 | `REALTIME_LOCAL_RESPONDER_MODEL` | `local` | model name sent to that server |
@@ -58,6 +59,7 @@ class SpeechOptions:
     stt_short_context: bool = True
     partial_interval_ms: int = 400
     tts: TtsChoice = "piper"
+    tts_variation: bool = False
     responder: ResponderChoice = "rules"
     responder_url: str = ""
     responder_model: str = "local"
@@ -95,6 +97,7 @@ class SpeechOptions:
             stt_short_context=get("STT_SHORT_CONTEXT", "1").lower() not in ("0", "false", "no", "off"),
             partial_interval_ms=integer("PARTIAL_INTERVAL_MS", 400),
             tts=cast(TtsChoice, choice("TTS", "piper", ("piper", "espeak"))),
+            tts_variation=get("TTS_VARIATION", "0").lower() in ("1", "true", "yes", "on"),
             responder=cast(
                 ResponderChoice, choice("RESPONDER", "rules", ("rules", "openai-compatible", "llama"))
             ),
@@ -186,7 +189,9 @@ def load_speech_stack(options: SpeechOptions | None = None) -> SpeechStack:
         synthesizer: PiperSynthesizer | EspeakSynthesizer
         if options.tts == "piper":
             try:
-                synthesizer = PiperSynthesizer(*weights.piper_voice_paths(), threads=options.cpu_threads)
+                synthesizer = PiperSynthesizer(
+                    *weights.piper_voice_paths(), threads=options.cpu_threads, variation=options.tts_variation
+                )
             except (ImportError, weights.ModelNotInstalledError) as error:
                 # Missing packages degrade to espeak; wrong weights (ModelIntegrityError) never do.
                 logger.warning("piper unavailable (%s); speaking with espeak-ng", error)

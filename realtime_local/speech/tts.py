@@ -71,7 +71,9 @@ class PiperSynthesizer:
     synthesized under a lock; two calls speaking at once interleave piece by piece.
     """
 
-    def __init__(self, model_path: Path, config_path: Path, *, threads: int = 2) -> None:
+    def __init__(
+        self, model_path: Path, config_path: Path, *, threads: int = 2, variation: bool = False
+    ) -> None:
         from piper import PiperVoice
         from piper.config import PiperConfig
 
@@ -86,6 +88,10 @@ class PiperSynthesizer:
         self._voice = PiperVoice(session=session, config=config)
         self._lock = threading.Lock()
         self.sample_rate: int = int(config.sample_rate)
+        # Piper samples random noise for prosody; without it the same text always gives the same
+        # audio (reproducible calls, tests and benchmarks: with it, about 1 in 12 renderings of a
+        # short sentence was misheard by Whisper). `variation=True` keeps the voice's own noise scales.
+        self._noise_scale: float | None = None if variation else 0.0
 
     def warm_up(self) -> None:
         for _ in self.synthesize("Hello, warming up."):
@@ -95,7 +101,11 @@ class PiperSynthesizer:
         """One chunk per piece of `split_for_speech(text)`; `voice` is ignored (one bundled voice)."""
         from piper.config import SynthesisConfig
 
-        config = SynthesisConfig(length_scale=1.0 / max(0.25, min(4.0, speed)))
+        config = SynthesisConfig(
+            length_scale=1.0 / max(0.25, min(4.0, speed)),
+            noise_scale=self._noise_scale,
+            noise_w_scale=self._noise_scale,
+        )
         for piece in split_for_speech(text):
             with self._lock:
                 chunks = [

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from realtime_local.speech import weights
 from realtime_local.speech.base import INPUT_SAMPLE_RATE
 from realtime_local.speech.stack import SpeechStack
-from realtime_local.speech.tts import EspeakSynthesizer, resample, split_for_speech
+from realtime_local.speech.tts import EspeakSynthesizer, PiperSynthesizer, resample, split_for_speech
 
 from .conftest import words
 
@@ -64,3 +65,17 @@ def test_speed_changes_the_duration(speech_stack: SpeechStack) -> None:
     normal = sum(len(chunk) for chunk in synthesizer.synthesize("Counting one two three four."))
     fast = sum(len(chunk) for chunk in synthesizer.synthesize("Counting one two three four.", speed=1.5))
     assert fast < 0.8 * normal
+
+
+@pytest.mark.speech
+def test_piper_renders_the_same_text_the_same_way_unless_variation_is_asked_for(
+    speech_stack: SpeechStack,
+) -> None:
+    text = "The weather in Paris is sunny."
+    first = np.concatenate(list(speech_stack.synthesizer.synthesize(text)))
+    again = np.concatenate(list(speech_stack.synthesizer.synthesize(text)))
+    assert np.array_equal(first, again)
+
+    varied = PiperSynthesizer(*weights.piper_voice_paths(), threads=1, variation=True)
+    renderings = {np.concatenate(list(varied.synthesize(text))).tobytes() for _ in range(3)}
+    assert len(renderings) > 1
