@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from scripts.screenshots import REPO, DemoServer, chromium, demo_server, new_page, sign_in
-from tests.e2e.test_web_call_e2e import query, state, wait_for_rows
+from scripts.screenshots import REPO, DemoServer, chromium, demo_server
+from tests.e2e.test_web_call_e2e import open_call_console, query, state, wait_for_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.speech, pytest.mark.timeout(480)]
 
@@ -122,21 +122,8 @@ def browser(question_wav: Path) -> Iterator[Browser]:
 
 @pytest.fixture
 def console(server: DemoServer, browser: Browser) -> Iterator[Page]:
-    page = new_page(browser)
-    page.set_viewport_size({"width": 1280, "height": 1480})
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    page.add_init_script("window.voiceagentConsoleOptions = { audioProcessing: false };")
-    sign_in(page, server)
-    yield page
-    page.context.close()
-    assert errors == [], errors
+    with open_call_console(server, browser) as page:
+        yield page
 
 
 def mcp_server_processes() -> set[int]:

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,14 @@ def browser(question_wav: Path) -> Iterator[Browser]:
 
 @pytest.fixture
 def console(server: DemoServer, browser: Browser) -> Iterator[Page]:
-    """A signed-in console with the browser's audio processing off (deterministic input audio)."""
+    with open_call_console(server, browser) as page:
+        yield page
+
+
+@contextmanager
+def open_call_console(server: DemoServer, browser: Browser) -> Iterator[Page]:
+    """A signed-in console with the browser's audio processing off (deterministic input audio);
+    fails on leaving if the page logged a JavaScript error."""
     page = new_page(browser)
     page.set_viewport_size({"width": 1280, "height": 1480})
     errors: list[str] = []
