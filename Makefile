@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-# Debian packages the suite needs: a browser for the e2e tests, speech and SIP tools for the engine tests.
-APT_PACKAGES := chromium espeak-ng sox sip-tester
+# Debian packages the suite needs: a browser for the e2e tests, speech and SIP tools for the engine tests,
+# nginx for the reverse-proxy test of deploy/.
+APT_PACKAGES := chromium espeak-ng sox sip-tester nginx
 # silero-vad's own import needs torch; we only load its onnx file, so it is installed without deps.
 SILERO_VAD := silero-vad==6.2.3
 
