@@ -180,17 +180,65 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- Redis: the channel layer and the cache shared by every process (docs/scaling.md) ---------------
 REDIS_URL: str = env.str("REDIS_URL", default="")
+# Namespace of every key this deployment writes in Redis (channel layer and cache), so that several
+# deployments (or test runs) can share one Redis server and database.
+REDIS_KEY_PREFIX: str = env.str("REDIS_KEY_PREFIX", default="voiceagent")
+# Messages a channel may hold before a send fails with ChannelFull. The observer's channel receives one
+# `observe.start` per call set-up: channels_redis's default (100) would refuse a burst of set-ups.
+CHANNEL_LAYER_CAPACITY: int = env.int("CHANNEL_LAYER_CAPACITY", default=2000)
+# Seconds an undelivered message lives in Redis (channels_redis's default is 60).
+CHANNEL_LAYER_EXPIRY: int = env.int("CHANNEL_LAYER_EXPIRY", default=60)
+# Seconds a Redis read may take before the connection counts as dead (must exceed channels_redis's
+# 5 s blocking receive; a Redis that stopped answering is noticed after this long).
+REDIS_SOCKET_TIMEOUT: float = env.float("REDIS_SOCKET_TIMEOUT", default=15.0)
 CHANNEL_LAYERS: dict[str, Any] = (
     {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                # A dict host: redis-py 8 reads with a 5 s socket timeout by default, exactly the
+                # 5 s that channels_redis blocks in BZPOPMIN on an idle channel, so an idle worker
+                # died of "Timeout reading from …". The read timeout must exceed that block.
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                        "socket_connect_timeout": 5,
+                        "socket_keepalive": True,
+                        "health_check_interval": 30,
+                    }
+                ],
+                "prefix": f"{REDIS_KEY_PREFIX}:asgi",
+                "capacity": CHANNEL_LAYER_CAPACITY,
+                "expiry": CHANNEL_LAYER_EXPIRY,
+            },
         }
     }
     if REDIS_URL
     else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 )
+# Observer leases (calls.observer.lease, docs/scaling.md): a worker renews its leases every
+# HEARTBEAT seconds; a lease not renewed for TTL seconds is taken over by the next SCAN of any worker.
+# A dead worker's calls are observed again within TTL + SCAN (+ a sideband connect): 3.5 s here.
+OBSERVER_LEASE_TTL_S: float = env.float("OBSERVER_LEASE_TTL_S", default=3.0)
+OBSERVER_LEASE_HEARTBEAT_S: float = env.float("OBSERVER_LEASE_HEARTBEAT_S", default=1.0)
+OBSERVER_LEASE_SCAN_S: float = env.float("OBSERVER_LEASE_SCAN_S", default=0.5)
+# Django's cache: shared through Redis when REDIS_URL is set (rate limits must count across web
+# processes), process-local memory otherwise (development, one process).
+CACHES: dict[str, Any] = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}:cache",
+            "TIMEOUT": 300,
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "voiceagent"}
+    )
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -209,6 +257,14 @@ CSRF_COOKIE_SAMESITE = "Lax"
 SECURE_COOKIES: bool = env.bool("SECURE_COOKIES", default=not DEBUG)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
+# Behind a TLS reverse proxy (deploy/nginx, deploy/Caddyfile) daphne sees plain http from the proxy:
+# with TRUST_PROXY_HEADERS the proxy's X-Forwarded-Proto says whether the browser used https, and its
+# X-Forwarded-Host which host it asked for. Off by default: without a proxy that overwrites them, any
+# client could forge these headers (and pass for https, or for another host).
+TRUST_PROXY_HEADERS: bool = env.bool("TRUST_PROXY_HEADERS", default=False)
+if TRUST_PROXY_HEADERS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    USE_X_FORWARDED_HOST = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -229,6 +285,16 @@ STORAGES: dict[str, Any] = {
         else "whitenoise.storage.CompressedStaticFilesStorage"
     },
 }
+
+# --- Call recordings (docs/web-calls.md, "Recording") ---------------------------------------------
+# Uploaded files (call recordings) go through Django's storage API: the "recordings" entry of STORAGES
+# when one is configured (e.g. a private django-storages S3 bucket), else "default", i.e. local files
+# under MEDIA_ROOT. Recordings are never served from MEDIA_URL: only their view streams them.
+MEDIA_ROOT: str = str(env.path("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+# Largest recording of one call, in bytes (Opus at ~32-64 kbit/s: 50 MB is well over an hour).
+RECORDING_MAX_BYTES: int = _optional_positive_int("RECORDING_MAX_BYTES") or 50 * 1024 * 1024
+# Largest chunk one upload request may carry (the console sends ~2 s, a few KiB to tens of KiB).
+RECORDING_MAX_CHUNK_BYTES: int = _optional_positive_int("RECORDING_MAX_CHUNK_BYTES") or 1024 * 1024
 
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 LOGGING: dict[str, Any] = {

@@ -176,9 +176,29 @@ class Command(BaseCommand):
             default=180.0,
             help="Seconds to wait for the local engine to load its models (default 180).",
         )
+        parser.add_argument(
+            "--no-observer",
+            action="store_true",
+            help="Web only: do not embed the call observer (separate worker processes run it on the "
+            "Redis channel layer; see the Procfile).",
+        )
+        parser.add_argument(
+            "--no-collectstatic",
+            action="store_true",
+            help="Do not collect static files at start (collected once by the deployment, so that "
+            "several web processes do not write the same files at once).",
+        )
 
     def handle(
-        self, *args: Any, host: str, port: int, no_engine: bool, engine_timeout: float, **options: Any
+        self,
+        *args: Any,
+        host: str,
+        port: int,
+        no_engine: bool,
+        engine_timeout: float,
+        no_observer: bool = False,
+        no_collectstatic: bool = False,
+        **options: Any,
     ) -> None:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         engine: LocalEngineProcess | None = None
@@ -187,8 +207,10 @@ class Command(BaseCommand):
                 engine = self.start_local_engine(timeout_s=engine_timeout, web_host=host, web_port=port)
             elif not settings.USES_LOCAL_ENGINE:
                 self.stdout.write(f"Realtime API: {settings.REALTIME_BASE_URL} (OPENAI_API_KEY is set)")
-            self.prepare_static_files()
-            self.start_in_process_services()
+            if not no_collectstatic:
+                self.prepare_static_files()
+            if not no_observer:
+                self.start_in_process_services()
             self.serve(host=host, port=port)
         except KeyboardInterrupt:
             self.stdout.write("Stopping.")
