@@ -146,10 +146,13 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CSRF: an oversized body is refused before anything parses it (voiceagent/security.py).
+    "voiceagent.security.RequestBodyCapMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "voiceagent.security.SecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "voiceagent.urls"
@@ -268,6 +271,27 @@ if TRUST_PROXY_HEADERS:
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# --- Security (docs/security.md) -----------------------------------------------------------------
+# HTTPS=true: the site is served over TLS (by daphne or the proxy in deploy/, with TRUST_PROXY_HEADERS).
+# Then plain-http requests are redirected to https and HSTS is sent; off by default, for development
+# and tests on plain http. /healthz and /readyz answer on http too (probes reach the process directly).
+HTTPS: bool = env.bool("HTTPS", default=False)
+SECURE_SSL_REDIRECT: bool = env.bool("SECURE_SSL_REDIRECT", default=HTTPS)
+SECURE_REDIRECT_EXEMPT: list[str] = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS: int = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS: bool = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+# Preloading is a commitment made outside this app (submitting the domain to hstspreload.org), so it
+# is the operator's choice; Django's reminder about it (security.W021) is silenced unless it is on.
+SECURE_HSTS_PRELOAD: bool = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SILENCED_SYSTEM_CHECKS: list[str] = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# Per-user limits (calls/services/ratelimit.py): "N/s|m|h|d" (e.g. "30/m", "100/5m") or "off".
+RTC_RATE_LIMIT: str = env.str("RTC_RATE_LIMIT", default="30/m")
+CLIENT_SECRET_RATE_LIMIT: str = env.str("CLIENT_SECRET_RATE_LIMIT", default="10/m")
+# Largest request body of views without a cap of their own (admin forms, login), in bytes. The API
+# views declare smaller ones (voiceagent.security.body_cap): SDP offer 64 KiB, JSON 4 KiB, hang-ups 1 KiB,
+# webhook TELEPHONY_WEBHOOK_MAX_BYTES.
+DATA_UPLOAD_MAX_MEMORY_SIZE: int = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
