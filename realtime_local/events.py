@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import secrets
 import string
+from collections.abc import Mapping
 from typing import Any
 
 from realtime_local.speech.base import ConversationTurn
+from realtime_local.vision import ImageFacts
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -135,9 +137,13 @@ def normalize_item(raw: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def conversation_turns(items: list[dict[str, Any]]) -> list[ConversationTurn]:
-    """What the responder sees of these items (text only, oldest first)."""
+def conversation_turns(
+    items: list[dict[str, Any]], images: Mapping[str, ImageFacts] | None = None
+) -> list[ConversationTurn]:
+    """What the responder sees of these items, oldest first: text, plus the facts of an item's image
+    (`images`, by item id; the session measured them when the item was created)."""
     turns: list[ConversationTurn] = []
+    images = images or {}
     for item in items:
         kind = item.get("type")
         if kind == "message":
@@ -146,7 +152,8 @@ def conversation_turns(items: list[dict[str, Any]]) -> list[ConversationTurn]:
                 for part in item.get("content", [])
                 if isinstance(part, dict)
             ).strip()
-            turns.append(ConversationTurn(role=item["role"], text=text))
+            image = images.get(str(item.get("id")))
+            turns.append(ConversationTurn(role=item["role"], text=text, image=image))
         elif kind == "function_call":
             turns.append(
                 ConversationTurn(

