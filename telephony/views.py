@@ -23,6 +23,7 @@ from calls.services.calls import hang_up_call
 from calls.services.realtime_client import RealtimeError
 from calls.views.api import upstream_error_response
 from telephony.services import STAFF_HANGUP_REASON, SigningSecretMissing, WebhookRefused, receive_webhook
+from voiceagent.security import body_cap
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def _refuse(reason: str, status: int) -> JsonResponse:
     return JsonResponse({"error": reason}, status=status)
 
 
+@body_cap("TELEPHONY_WEBHOOK_MAX_BYTES")
 @csrf_exempt
 @require_POST
 async def webhook(request: HttpRequest) -> HttpResponse:
@@ -59,6 +61,7 @@ async def webhook(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"outcome": "duplicate" if decision.duplicate else decision.outcome})
 
 
+@body_cap(1024)  # the form's CSRF token only
 @require_POST
 @staff_required
 async def hang_up_phone_call(request: HttpRequest, call_id: uuid.UUID) -> HttpResponse:

@@ -17,6 +17,9 @@ import django_stubs_ext
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from voiceagent.monitoring.access import parse_allowed
+from voiceagent.monitoring.logs import configure_structlog, logging_config
+
 # Generic Django classes (ModelAdmin[Call], QuerySet[Call]) must be subscriptable at run time.
 django_stubs_ext.monkeypatch()
 
@@ -142,6 +145,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every log line of the request, even a security refusal's, carries its request id.
+    "voiceagent.monitoring.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -181,6 +186,30 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # The observer and the web server write from several threads: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # PostgreSQL: a psycopg connection pool per process (docs/scaling.md). Persistent connections
+    # (CONN_MAX_AGE) are per thread, and under ASGI every `sync_to_async` call may run on another
+    # thread, so they pile up or leak; Django's docs say to disable them under ASGI and use the
+    # backend's pool. Connections are checked when taken from the pool, so a PostgreSQL restart costs
+    # the requests in flight during the outage, not every pooled connection afterwards.
+    DB_POOL: bool = env.bool("DB_POOL", default=True)
+    # With a pool, CONN_HEALTH_CHECKS makes Django pass psycopg_pool's check_connection (a cheap
+    # round trip when a connection is taken from the pool); without one, it re-checks a persistent
+    # connection before reuse.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if DB_POOL:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool: it manages the lifetime
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("DB_POOL_MIN", default=2),
+            "max_size": env.int("DB_POOL_MAX", default=10),
+            # Seconds a request waits for a free connection before failing (503 to the user).
+            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        }
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: the channel layer and the cache shared by every process (docs/scaling.md) ---------------
@@ -321,11 +350,20 @@ RECORDING_MAX_BYTES: int = _optional_positive_int("RECORDING_MAX_BYTES") or 50 *
 RECORDING_MAX_CHUNK_BYTES: int = _optional_positive_int("RECORDING_MAX_CHUNK_BYTES") or 1024 * 1024
 
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}},
-}
+# --- Logs and metrics (docs/observability.md) ------------------------------------------------------
+# json: one JSON object per line (timestamp, level, logger, event, request_id, call_id); console: text.
+LOG_FORMAT: str = env.str("LOG_FORMAT", default="console" if DEBUG else "json").strip().lower()
+LOGGING: dict[str, Any] = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
+configure_structlog()
+# /metrics answers 404 unless one of these is set; when both are, both must pass.
+METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=[])
+try:
+    parse_allowed(tuple(METRICS_ALLOWED_IPS))
+except ValueError as _exc:
+    raise ImproperlyConfigured(
+        f"METRICS_ALLOWED_IPS: {_exc} (expected addresses or CIDR networks)."
+    ) from None
+# A call-observer worker (`runworker`) serves its own series on this loopback port when set (not needed
+# when it shares PROMETHEUS_MULTIPROC_DIR with the web processes).
+METRICS_WORKER_PORT: int | None = _optional_positive_int("METRICS_WORKER_PORT")

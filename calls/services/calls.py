@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Final
 
 from channels.exceptions import ChannelFull
 from django.contrib.auth.models import AnonymousUser, User
-from django.core.cache import cache
 from django.db import IntegrityError
 from django.utils import timezone
 
 from calls.models import AgentProfile, Call
 from calls.observer.dispatch import ObserverUnavailableError, request_observation, request_stop
+from calls.services.ratelimit import check_rate
 from calls.services.realtime_client import (
     ClientSecret,
     RealtimeClient,
@@ -32,10 +31,13 @@ from calls.services.realtime_client import (
     check_provider_call_id,
 )
 from calls.services.session_config import WEB_MODES, build_session_config
+from voiceagent.monitoring.logs import bind_call_id
+from voiceagent.monitoring.metrics import instrument_call_setup
 
 logger = logging.getLogger(__name__)
 
-#: Client secrets one user may mint per minute (each one is a live credential for a call).
+#: Client secrets one user may mint per minute by default (each one is a live credential for a call);
+#: settings.CLIENT_SECRET_RATE_LIMIT ("10/m") sets it.
 CLIENT_SECRET_RATE_PER_MINUTE: Final = 10
 #: Lifetime of a client secret: long enough to set up a call, short enough to be useless if leaked.
 CLIENT_SECRET_TTL_S: Final = 600
@@ -56,15 +58,6 @@ class CallSetupError(Exception):
 
 class CallAlreadyRegistered(CallSetupError):
     """A direct call was registered with a provider call id that another Call already has."""
-
-
-class RateLimited(Exception):
-    """Too many requests from one user; `retry_after` is the seconds until the window resets."""
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
 
 
 def _check_mode(mode: str) -> Call.Mode:
@@ -122,6 +115,7 @@ async def amark_call_failed(*, call: Call, error: str) -> None:
         call.status, call.error, call.end_reason, call.ended_at = Call.Status.FAILED, error, "failed", now
 
 
+@instrument_call_setup()  # voiceagent_call_setups_total{transport="proxy"}, set-up latency
 async def start_web_call(
     *, user: UserLike, offer_sdp: str, mode: str, transport: str = Call.Transport.PROXY
 ) -> tuple[Call, str]:
@@ -132,6 +126,8 @@ async def start_web_call(
     the provider's call id is stored and the observer is asked to attach. Three queries.
     """
     call_mode = _check_mode(mode)
+    if isinstance(user, User):
+        await check_rate(scope="rtc", user_pk=user.pk, setting="RTC_RATE_LIMIT", what="call set-ups")
     profile = await _agent_profile()
     call = await Call.objects.acreate(
         source=Call.Source.WEB,
@@ -141,6 +137,7 @@ async def start_web_call(
         agent=profile,
         status=Call.Status.CONNECTING,
     )
+    bind_call_id(call.id)
     session = build_session_config(profile, mode=call_mode)
     try:
         async with RealtimeClient() as client:
@@ -162,6 +159,7 @@ async def start_web_call(
     return call, created.answer_sdp
 
 
+@instrument_call_setup("direct")
 async def register_direct_call(*, user: UserLike, provider_call_id: str, mode: str) -> Call:
     """Record a call the browser created straight with the API (ephemeral key) and observe it.
 
@@ -185,6 +183,7 @@ async def register_direct_call(*, user: UserLike, provider_call_id: str, mode: s
         raise CallAlreadyRegistered(
             "A call with this provider call id is already registered.", code="conflict"
         ) from None
+    bind_call_id(call.id)
     logger.info("call %s registered as direct call %s", call.id, checked)
     await _observe(call)
     return call
@@ -221,26 +220,6 @@ async def hang_up_call(*, call: Call, reason: str = HANGUP_REASON) -> Call:
     return call
 
 
-async def _count_client_secret(user_pk: object) -> None:
-    """A fixed one-minute window per user in Django's cache; `RateLimited` past the limit."""
-    now = time.time()
-    window = int(now // 60)
-    key = f"calls:client-secret:{user_pk}:{window}"
-    await cache.aadd(key, 0, timeout=90)
-    try:
-        count = await cache.aincr(key)
-    except ValueError:  # the key expired between add and incr: this is the window's first request
-        await cache.aset(key, 1, timeout=90)
-        count = 1
-    if count > CLIENT_SECRET_RATE_PER_MINUTE:
-        retry_after = max(1, int((window + 1) * 60 - now) + 1)
-        raise RateLimited(
-            f"At most {CLIENT_SECRET_RATE_PER_MINUTE} client secrets per minute; "
-            f"try again in {retry_after} s.",
-            retry_after=retry_after,
-        )
-
-
 async def issue_client_secret(*, user: UserLike, mode: str = Call.Mode.AUDIO) -> ClientSecret:
     """An ephemeral key for a session with the default agent's config, rate-limited per user.
 
@@ -248,7 +227,9 @@ async def issue_client_secret(*, user: UserLike, mode: str = Call.Mode.AUDIO) ->
     """
     if not isinstance(user, User):
         raise CallSetupError("Sign in first.", code="not_authenticated")
-    await _count_client_secret(user.pk)
+    await check_rate(
+        scope="client-secret", user_pk=user.pk, setting="CLIENT_SECRET_RATE_LIMIT", what="client secrets"
+    )
     call_mode = _check_mode(mode)
     profile = await _agent_profile()
     session = build_session_config(profile, mode=call_mode)

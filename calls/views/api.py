@@ -1,7 +1,7 @@
 """JSON endpoints of web calls: ephemeral keys for direct calls, and registering such a call.
 
     POST /api/realtime/client-secret   staff; optional JSON {"mode"}; 200 {value, expires_at}; 429 past
-                                       the per-user limit (Retry-After)
+                                       the per-user limit CLIENT_SECRET_RATE_LIMIT (Retry-After)
     POST /api/calls                    staff; JSON {provider_call_id, mode}; 201 {id, provider_call_id};
                                        400 invalid, 409 already registered
 
@@ -25,11 +25,12 @@ from calls.permissions import NOT_STAFF_MESSAGE
 from calls.services.calls import (
     CallAlreadyRegistered,
     CallSetupError,
-    RateLimited,
     issue_client_secret,
     register_direct_call,
 )
+from calls.services.ratelimit import RateLimited
 from calls.services.realtime_client import InvalidProviderCallId, RealtimeError, RealtimeTimeout
+from voiceagent.security import body_cap
 
 AsyncView = TypeVar("AsyncView", bound=Callable[..., Awaitable[HttpResponseBase]])
 
@@ -69,6 +70,11 @@ def upstream_error_response(exc: RealtimeError) -> JsonResponse:
             code=exc.code or "upstream_refused",
         )
     return json_error(502, exc.message, code=exc.code or "upstream_error")
+
+
+def rate_limited_response(exc: RateLimited) -> JsonResponse:
+    """429 with Retry-After: this user asked too often (our own per-user limit, not the API's)."""
+    return json_error(429, exc.message, code="rate_limited", headers={"Retry-After": str(exc.retry_after)})
 
 
 def setup_error_response(exc: CallSetupError) -> JsonResponse:
@@ -122,6 +128,7 @@ def read_json_object(request: HttpRequest, *, required: bool) -> dict[str, Any] 
     return parsed
 
 
+@body_cap(MAX_JSON_BYTES)
 @require_POST
 @api_staff_required
 async def client_secret(request: HttpRequest) -> HttpResponse:
@@ -135,9 +142,7 @@ async def client_secret(request: HttpRequest) -> HttpResponse:
     try:
         secret = await issue_client_secret(user=await request_user(request), mode=mode)
     except RateLimited as exc:
-        return json_error(
-            429, exc.message, code="rate_limited", headers={"Retry-After": str(exc.retry_after)}
-        )
+        return rate_limited_response(exc)
     except CallSetupError as exc:
         return setup_error_response(exc)
     except RealtimeError as exc:
@@ -147,6 +152,7 @@ async def client_secret(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@body_cap(MAX_JSON_BYTES)
 @require_POST
 @api_staff_required
 async def register_call(request: HttpRequest) -> HttpResponse:

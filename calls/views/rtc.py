@@ -4,6 +4,7 @@
         staff; body = the SDP offer, Content-Type application/sdp, at most 64 KiB
         201, body = SDP answer (application/sdp), Location: /rtc/<call uuid>, X-Provider-Call-Id
         401 anonymous · 403 not staff · 415 other content type · 413 too large · 400 not an offer
+        429 past the per-user limit RTC_RATE_LIMIT (Retry-After)
         502 upstream failure or refusal · 503 upstream rate limit (Retry-After) · 504 upstream timeout
     POST /rtc/<call uuid>/hangup
         the call's owner; no body. 200 {id, status, end_reason}; 404 unknown or someone else's call;
@@ -30,18 +31,23 @@ from django.views.decorators.http import require_POST
 
 from calls.models import Call
 from calls.services.calls import CallSetupError, hang_up_call, start_web_call
+from calls.services.ratelimit import RateLimited
 from calls.services.realtime_client import RealtimeError
 from calls.views.api import (
     api_staff_required,
     json_error,
+    rate_limited_response,
     request_user,
     setup_error_response,
     upstream_error_response,
 )
+from voiceagent.security import body_cap
 
 #: The largest SDP offer we accept; a browser's audio+video offer is 4-10 KiB.
 MAX_OFFER_BYTES: Final = 64 * 1024
 SDP_CONTENT_TYPE: Final = "application/sdp"
+#: A hang-up has no body; a few bytes of whatever a client sends along are tolerated.
+MAX_HANGUP_BYTES: Final = 1024
 
 
 def _offer_mode(request: HttpRequest) -> str | None:
@@ -65,6 +71,7 @@ def _offer_problem(body: bytes) -> str | None:
     return None
 
 
+@body_cap(MAX_OFFER_BYTES)
 @csrf_exempt  # safe: only application/sdp is accepted (see the module docstring)
 @require_POST
 @api_staff_required
@@ -90,6 +97,8 @@ async def create_call(request: HttpRequest) -> HttpResponse:
         call, answer_sdp = await start_web_call(
             user=await request_user(request), offer_sdp=request.body.decode("utf-8"), mode=mode
         )
+    except RateLimited as exc:
+        return rate_limited_response(exc)
     except CallSetupError as exc:
         return setup_error_response(exc)
     except RealtimeError as exc:
@@ -117,6 +126,7 @@ def _csrf_rejection(request: HttpRequest) -> HttpResponseBase | None:
     return CsrfViewMiddleware(lambda _: HttpResponse()).process_view(request, None, (), {})  # type: ignore[arg-type]
 
 
+@body_cap(MAX_HANGUP_BYTES)
 @csrf_exempt  # checked in the view: same-origin without a token, Django's CSRF check otherwise
 @require_POST
 @api_staff_required
