@@ -394,3 +394,23 @@ class McpServer(models.Model):
             errors["allowed_tools"] = "A JSON list of tool names."
         if errors:
             raise ValidationError(errors)
+
+
+class ObserverLease(models.Model):
+    """Which observer worker watches a live call, until when (calls.observer.lease; docs/scaling.md).
+
+    One row per call that was ever claimed. A worker claims an expired (or new) row by raising its
+    `epoch`; every observer write checks `owner` and `epoch` in its own transaction (fencing), so a
+    worker that lost the lease (paused, cut off) can no longer write anything about the call.
+    """
+
+    call = models.OneToOneField(
+        Call, on_delete=models.CASCADE, primary_key=True, related_name="observer_lease"
+    )
+    owner = models.CharField(max_length=100, blank=True, help_text="The worker instance holding the lease.")
+    epoch = models.PositiveBigIntegerField(default=0, help_text="Raised by every claim (the fencing token).")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"lease of {self.call_id} by {self.owner or 'nobody'} (epoch {self.epoch})"

@@ -14,12 +14,14 @@ the peer and sets `ended`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from realtime_local import event_log
 from realtime_local.events import new_event_id
 from realtime_local.session import Session
 from realtime_local.speech.base import Pcm16
@@ -34,6 +36,8 @@ ServerEvent = dict[str, Any]
 
 #: Events buffered per attached sink before that sink is considered too slow and dropped.
 SINK_QUEUE_SIZE = 2000
+#: Numbers the attached sinks in the event log (realtime_local.event_log).
+_SINK_NUMBERS = itertools.count(1)
 
 
 class EventSink(Protocol):
@@ -65,6 +69,7 @@ class _SinkPump:
 
     def __init__(self, sink: EventSink, on_overflow: Callable[[_SinkPump], None]) -> None:
         self.sink = sink
+        self.number = next(_SINK_NUMBERS)
         self._queue: asyncio.Queue[ServerEvent | None] = asyncio.Queue(SINK_QUEUE_SIZE)
         self._on_overflow = on_overflow
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -130,10 +135,12 @@ class LocalCall:
         """The current session config (GA shape), as last updated by `session.update`."""
         return self._session.config
 
-    def attach(self, sink: EventSink) -> Callable[[], None]:
+    def attach(self, sink: EventSink, *, label: str = "") -> Callable[[], None]:
         """Attach a sideband observer: it gets every server event from now on (no replay)."""
         pump = _SinkPump(sink, self._drop_pump)
         self._pumps.append(pump)
+        if event_log.enabled():
+            event_log.write({"kind": "attach", "call": self.id, "sink": pump.number, "label": label})
 
         def detach() -> None:
             self._drop_pump(pump)
@@ -224,6 +231,16 @@ class LocalCall:
             self._channel_backlog.append(event)
         for pump in list(self._pumps):
             pump.offer(event)
+        if event_log.enabled():
+            event_log.write(
+                {
+                    "kind": "event",
+                    "call": self.id,
+                    "event_id": event["event_id"],
+                    "type": event.get("type"),
+                    "sinks": [pump.number for pump in self._pumps],
+                }
+            )
 
     def _touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -232,6 +249,8 @@ class LocalCall:
         if pump in self._pumps:
             self._pumps.remove(pump)
             pump.close()
+            if event_log.enabled():
+                event_log.write({"kind": "detach", "call": self.id, "sink": pump.number})
 
     async def _end(self, reason: str) -> None:
         if self.state == "ended":

@@ -87,7 +87,7 @@ async def serve_sideband(
     ws = web.WebSocketResponse(protocols=known, heartbeat=30.0, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     observer = SidebandObserver(ws, queue_size=queue_size, send_timeout=send_timeout)
-    detach = call.attach(observer)
+    detach = call.attach(observer, label=request.headers.get("User-Agent", "")[:200])
     writer = asyncio.create_task(observer.write_forever(), name=f"sideband-writer-{call.id}")
     reader = asyncio.create_task(_read_client_events(ws, call, observer), name=f"sideband-reader-{call.id}")
     call_ended = asyncio.create_task(call.ended.wait())

@@ -14,6 +14,12 @@ attempt is no longer current stops acting; `request_stop()` and the end of `run(
 A sideband that closes while the call is live is reconnected with backoff; if the API says the call
 is gone (404 on reconnect) the call ended; if `max_attempts` reconnections fail, the call is hung up
 and closed with `end_reason` "observer lost the call".
+
+Across processes (calls.observer.lease): an observer started by the worker holds the call's lease
+token and every write checks it. When a write (or the worker's heartbeat) finds the lease taken over,
+the observer is *fenced*: it drops what it buffered, closes its sideband and stops without another
+write; the new owner goes on from the stored numbering and repairs the transcript with
+`conversation.item.retrieve` for the items whose events it may have missed.
 """
 
 from __future__ import annotations
@@ -35,9 +41,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from calls.models import Call
 from calls.observer import store
 from calls.observer.events import TURN_BOUNDARIES, SessionEvent, parse_server_event
+from calls.observer.images import strip_images  # frames are stored as thumbnails
+from calls.observer.lease import LeaseLost, LeaseToken
 from calls.observer.publish import publish_events, publish_status
 from calls.observer.tools import ToolRunner
 from calls.observer.transcript import TranscriptAssembler
+from voiceagent.monitoring.logs import bind_call_id
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,8 @@ MAX_TAMPER_RESTORES: Final = 5
 MAX_MALFORMED_CHARS: Final = 10_000
 #: Longest wait for a hang-up the observer started before it records the end itself.
 HANG_UP_WAIT_S: Final = 15.0
+#: Items retrieved at most to repair a transcript after a takeover (the most recent ones).
+MAX_REPAIR_ITEMS: Final = 50
 
 
 class Outcome(enum.Enum):
@@ -63,6 +74,7 @@ class Outcome(enum.Enum):
     STOPPED = "stopped"  # we were asked to stop (our hang-up service ended the call)
     GONE = "gone"  # the API no longer knows the call: it ended upstream
     LOST = "lost"  # the sideband could not be re-established
+    FENCED = "fenced"  # another worker took the call's lease over: we stopped without writing
 
 
 def session_differences(expected: dict[str, Any], session: SessionEvent) -> dict[str, dict[str, Any]]:
@@ -100,8 +112,19 @@ class CallObserver:
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
         stop_grace: float = 2.0,
+        lease: LeaseToken | None = None,
+        user_agent: str | None = None,
     ) -> None:
         self.call_id = call_id
+        #: The call's lease (None: unfenced, e.g. a test driving one observer by hand).
+        self.lease = lease
+        self.user_agent = user_agent
+        #: Set once the lease was found taken over: nothing more is written.
+        self.fenced = False
+        #: Item ids known from stored events/turns or seen since (repair after a resumption).
+        self._known_items: set[str] = set()
+        self._repairing = False
+        self._repair_queue: list[str] = []
         self.flush_interval = flush_interval
         self.connect_timeout = connect_timeout
         self.max_attempts = max_attempts
@@ -150,6 +173,7 @@ class CallObserver:
 
     async def run(self) -> Outcome | None:
         """Observe until the call ends; returns why (None if the call was unknown or already over)."""
+        bind_call_id(self.call_id)  # every log line of this task (and the tool tasks it starts)
         try:
             snapshot = await database_sync_to_async(store.load_call)(self.call_id)
             if snapshot is None or snapshot.status in Call.FINAL_STATUSES or not snapshot.provider_call_id:
@@ -160,6 +184,12 @@ class CallObserver:
             self._snapshot = snapshot
             self._next_sequence = snapshot.last_sequence + 1
             self._assembler = TranscriptAssembler(usage=snapshot.usage)
+            if snapshot.last_sequence > 0:
+                # Resumed (restart or takeover): the previous observer's last events may be lost.
+                items = await database_sync_to_async(store.items_state)(self.call_id)
+                self._known_items = set(items.known)
+                self._repairing = True
+                self._repair_queue = items.unfinished[-MAX_REPAIR_ITEMS:]
             if snapshot.answered_at is not None:
                 self._answered_at = snapshot.answered_at
                 self._answered.set()
@@ -170,6 +200,7 @@ class CallObserver:
                 record=self._record,
                 hang_up=self._start_hang_up,
                 expected_session=snapshot.expected_session,
+                lease=self.lease,
             )
             self.tools.start()
             helpers = [
@@ -183,11 +214,16 @@ class CallObserver:
                     task.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
                 await self.tools.aclose()
-                if self._background:  # a hang-up we started: let it record its reason first
+                if self._background and not self.fenced:  # our hang-up: let it record its reason
                     await asyncio.wait(self._background, timeout=HANG_UP_WAIT_S)
                 # A worker shutting down cancels us, but what was received must be stored.
                 await self._flush()
+            if self.fenced:
+                outcome = Outcome.FENCED
             self.outcome = outcome
+            if outcome is Outcome.FENCED:
+                logger.warning("call %s: lease taken over by another worker; stopped", self.call_id)
+                return outcome
             await self._finish(outcome)
             return outcome
         finally:
@@ -211,6 +247,7 @@ class CallObserver:
             try:
                 connection = await connect(
                     url,
+                    user_agent_header=self.user_agent or "voiceagent-observer",
                     additional_headers=headers,
                     open_timeout=self.connect_timeout,
                     close_timeout=2.0,
@@ -261,6 +298,7 @@ class CallObserver:
         await self._greet_phone_caller(connection)
         if self.tools is not None:
             await self.tools.flush_session_update()
+        await self._send_repairs(connection)
         counter = [0]
         reader = asyncio.create_task(self._read(connection, attempt, counter))
         stop = asyncio.create_task(self._stopping.wait())
@@ -313,6 +351,9 @@ class CallObserver:
             self._answered.set()
         if self.tools is not None:
             self.tools.on_event(payload)  # starts tasks for function calls; never waits on a tool
+        if self._repairing:
+            self._note_items(payload)
+            await self._send_repairs(connection)
         event = parse_server_event(payload, call_id=self.call_id)
         flush_now = stored_type in TURN_BOUNDARIES
         if event is not None:
@@ -323,6 +364,48 @@ class CallObserver:
                 flush_now = await self._guard_session(event, connection, at) or flush_now
         if flush_now:
             await self._flush()
+
+    # ---- repair after a resumption -----------------------------------------------------------------
+
+    def _note_items(self, payload: dict[str, Any]) -> None:
+        """Remember the items an event names; one it names as *previous* that we never saw was
+        created while no observer of ours listened: queue a retrieve for it."""
+        item = payload.get("item")
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            self._known_items.add(item["id"])
+        if isinstance(payload.get("item_id"), str):
+            self._known_items.add(payload["item_id"])
+        previous = payload.get("previous_item_id")
+        if isinstance(previous, str) and previous not in self._known_items:
+            self._known_items.add(previous)
+            self._repair_queue.append(previous)
+
+    async def _send_repairs(self, connection: ClientConnection) -> None:
+        """Ask the API for the items whose transcript may be incomplete; the answers
+        (`conversation.item.retrieved`) are stored as events and upserted as turns."""
+        while self._repair_queue:
+            item_id = self._repair_queue.pop(0)
+            self._assembler.expect_retrieved(item_id)
+            logger.info("call %s: retrieving item %s missed before the resumption", self.call_id, item_id)
+            await self._send(connection, {"type": "conversation.item.retrieve", "item_id": item_id})
+
+    # ---- fencing ----------------------------------------------------------------------------------
+
+    def fence(self) -> None:
+        """The lease is lost: forget what is unwritten, close the sideband, stop. Idempotent."""
+        if self.fenced:
+            return
+        self.fenced = True
+        self._buffer.clear()
+        self._assembler.take_dirty()
+        self._activate_at = None
+        self._tamper_unwritten = False
+        self.request_stop("lease lost")
+        connection = self.connection
+        if connection is not None:
+            task = asyncio.create_task(connection.close(), name=f"observer-fenced-{self.call_id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _decode(self, message: str | bytes) -> dict[str, Any]:
         if isinstance(message, bytes):
@@ -343,7 +426,7 @@ class CallObserver:
 
     def _append(self, event_type: str, payload: dict[str, Any], at: dt.datetime) -> None:
         self._buffer.append(
-            store.PendingEvent(sequence=self._next_sequence, type=event_type, payload=payload, received_at=at)
+            store.PendingEvent(sequence=self._next_sequence, type=event_type, payload=strip_images(payload), received_at=at)
         )
         self._next_sequence += 1
 
@@ -451,6 +534,8 @@ class CallObserver:
 
     async def _flush_now(self) -> None:
         async with self._flush_lock:
+            if self.fenced:
+                return
             events, self._buffer = self._buffer, []
             turns = self._assembler.take_dirty()
             usage = dict(self._assembler.usage) if self._assembler.usage_dirty else None
@@ -466,7 +551,11 @@ class CallObserver:
                     usage=usage,
                     activate_at=activate_at,
                     tampered=tampered,
+                    lease=self.lease,
                 )
+            except LeaseLost:
+                self.fence()
+                return
             except Exception:
                 # Database trouble (e.g. a lost connection): keep everything and retry next time.
                 logger.exception("call %s: writing %d events failed; will retry", self.call_id, len(events))
@@ -495,9 +584,20 @@ class CallObserver:
             status, reason, error = Call.Status.ENDED, END_REASON_UPSTREAM, ""
         else:
             status, reason, error = Call.Status.ENDED, self._stop_reason or "hung up", ""
-        state = await database_sync_to_async(store.finish_call)(
-            call_id=self.call_id, status=status, end_reason=reason, error=error, at=timezone.now()
-        )
+        try:
+            state = await database_sync_to_async(store.finish_call)(
+                call_id=self.call_id,
+                status=status,
+                end_reason=reason,
+                error=error,
+                at=timezone.now(),
+                lease=self.lease,
+            )
+        except LeaseLost:
+            self.fence()
+            self.outcome = Outcome.FENCED
+            logger.warning("call %s: lease taken over before the end was recorded", self.call_id)
+            return
         logger.info("call %s: observation over (%s), call %s", self.call_id, outcome.value, state.status)
         try:
             await publish_status(

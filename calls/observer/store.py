@@ -2,7 +2,9 @@
 `database_sync_to_async`, one bounded call per batch).
 
 The observer is the only writer of a call's events and transcript; these functions are its writes,
-each one transaction, so what the live console is told about has been committed first.
+each one transaction, so what the live console is told about has been committed first. Given the
+observer's `LeaseToken`, each transaction starts with `lease.fence` (calls.observer.lease): a worker
+that lost the call's lease to another one writes nothing (`LeaseLost`, the transaction rolls back).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from django.db import transaction
 from django.db.models import Max
 
 from calls.models import Call, Event, TranscriptTurn
+from calls.observer.lease import LeaseToken, fence
 from calls.observer.transcript import Turn
+from voiceagent.monitoring.metrics import record_stored_events
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,44 @@ def live_call_ids(*, limit: int = 1000) -> list[uuid.UUID]:
     )
 
 
+#: Stored event types that name a conversation message item whose transcript turn they concern.
+_ITEM_EVENT_TYPES = (
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.created",
+    "response.output_item.done",
+    "conversation.item.input_audio_transcription.completed",
+    "response.output_audio_transcript.done",
+    "response.output_text.done",
+)
+
+
+@dataclass(frozen=True)
+class ItemsState:
+    """What the stored events and turns say about a call's conversation items (repair after a
+    takeover: an item referenced by an event but without a finished turn may have lost its events)."""
+
+    known: set[str]
+    unfinished: list[str]
+
+
+def items_state(call_id: uuid.UUID) -> ItemsState:
+    referenced: list[str] = []
+    events = Event.objects.filter(call_id=call_id, type__in=_ITEM_EVENT_TYPES)
+    for payload in events.values_list("payload", flat=True).iterator():
+        item = payload.get("item") if isinstance(payload, dict) else None
+        if isinstance(item, dict) and item.get("type") in (None, "message"):
+            if isinstance(item.get("id"), str):
+                referenced.append(item["id"])
+        elif isinstance(payload, dict) and isinstance(payload.get("item_id"), str):
+            referenced.append(payload["item_id"])
+    turns = TranscriptTurn.objects.filter(call_id=call_id)
+    finished = set(turns.filter(ended_at__isnull=False).values_list("item_id", flat=True))
+    all_turns = set(turns.values_list("item_id", flat=True))
+    unfinished = list(dict.fromkeys(item for item in referenced if item not in finished))
+    return ItemsState(known=set(referenced) | all_turns, unfinished=unfinished)
+
+
 def load_call_model(call_id: uuid.UUID) -> Call | None:
     return Call.objects.select_related("agent", "user").filter(pk=call_id).first()
 
@@ -109,14 +151,18 @@ def write_batch(
     usage: dict[str, Any] | None,
     activate_at: dt.datetime | None,
     tampered: bool,
+    lease: LeaseToken | None = None,
 ) -> BatchResult:
     """Store events, transcript turns and call fields in one transaction.
 
     `activate_at` moves a connecting call to active (answered then); a call in any other status is
-    left alone, so a late batch never revives a call that ended.
+    left alone, so a late batch never revives a call that ended. Turns are upserted on (call, item
+    id), so a batch replayed (or a turn repaired after a takeover) never duplicates one.
     """
     activated: dt.datetime | None = None
     with transaction.atomic():
+        if lease is not None:
+            fence(lease)
         if events:
             Event.objects.bulk_create(
                 [
@@ -155,15 +201,24 @@ def write_batch(
             )
             if changed:
                 activated = activate_at
+    record_stored_events(events)  # committed: voiceagent_events_stored_total, observer lag
     return BatchResult(activated_at=activated)
 
 
 def finish_call(
-    *, call_id: uuid.UUID, status: str, end_reason: str, error: str, at: dt.datetime
+    *,
+    call_id: uuid.UUID,
+    status: str,
+    end_reason: str,
+    error: str,
+    at: dt.datetime,
+    lease: LeaseToken | None = None,
 ) -> CallState:
     """Mark the call ended (or failed) unless it already is final; return its state. A call our
     hang-up service already ended keeps its status and reason."""
     with transaction.atomic():
+        if lease is not None:
+            fence(lease)
         call = Call.objects.select_for_update().filter(pk=call_id).first()
         if call is None:
             return CallState(status, end_reason, error)

@@ -31,10 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from channels.db import database_sync_to_async
+from django.db import transaction
 from django.utils import timezone
 
 from calls.models import Call, ToolInvocation
+from calls.observer.lease import LeaseToken, fence
 from calls.tools import Toolbox, ToolContext, ToolResult, build_toolbox, error_output, registry
+from voiceagent.monitoring.metrics import record_tool_call
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +69,33 @@ def _load_call(call_id: uuid.UUID) -> Call | None:
     return Call.objects.select_related("agent").filter(pk=call_id).first()
 
 
-def _start_invocation(call_id: uuid.UUID, function_call_id: str, name: str, arguments: Any) -> bool:
-    """The pending row; False if this function call was recorded already (a replayed event)."""
-    _, created = ToolInvocation.objects.get_or_create(
-        call_id=call_id,
-        function_call_id=function_call_id[:64],
-        defaults={"tool_name": name[:100], "arguments": arguments, "created_at": timezone.now()},
-    )
+def _start_invocation(
+    call_id: uuid.UUID, function_call_id: str, name: str, arguments: Any, lease: LeaseToken | None = None
+) -> bool:
+    """The pending row; False if this function call was recorded already (a replayed event).
+    Fenced by the observer's lease (calls.observer.lease): a stale observer records nothing."""
+    with transaction.atomic():
+        if lease is not None:
+            fence(lease)
+        _, created = ToolInvocation.objects.get_or_create(
+            call_id=call_id,
+            function_call_id=function_call_id[:64],
+            defaults={"tool_name": name[:100], "arguments": arguments, "created_at": timezone.now()},
+        )
     return created
 
 
-def _finish_invocation(call_id: uuid.UUID, function_call_id: str, result: ToolResult) -> None:
-    ToolInvocation.objects.filter(call_id=call_id, function_call_id=function_call_id[:64]).update(
-        status=ToolInvocation.Status.COMPLETED if result.ok else ToolInvocation.Status.FAILED,
-        output=result.output,
-        duration_ms=result.duration_ms,
-    )
+def _finish_invocation(
+    call_id: uuid.UUID, function_call_id: str, result: ToolResult, lease: LeaseToken | None = None
+) -> None:
+    with transaction.atomic():
+        if lease is not None:
+            fence(lease)
+        ToolInvocation.objects.filter(call_id=call_id, function_call_id=function_call_id[:64]).update(
+            status=ToolInvocation.Status.COMPLETED if result.ok else ToolInvocation.Status.FAILED,
+            output=result.output,
+            duration_ms=result.duration_ms,
+        )
 
 
 def _arguments_value(arguments: str) -> Any:
@@ -103,8 +117,10 @@ class ToolRunner:
         record: Record,
         hang_up: HangUp,
         expected_session: dict[str, Any],
+        lease: LeaseToken | None = None,
     ) -> None:
         self.call_id = call_id
+        self.lease = lease
         self._send = send
         self._record = record
         self._hang_up = hang_up
@@ -242,12 +258,12 @@ class ToolRunner:
         result: ToolResult | None = None
         try:
             fresh = await database_sync_to_async(_start_invocation)(
-                self.call_id, call_id, name, arguments_value
+                self.call_id, call_id, name, arguments_value, self.lease
             )
             if not fresh:
                 return
             result = await self._invoke(call_id, name, arguments)
-            await database_sync_to_async(_finish_invocation)(self.call_id, call_id, result)
+            await database_sync_to_async(_finish_invocation)(self.call_id, call_id, result, self.lease)
             await self._send(
                 {
                     "type": "conversation.item.create",
@@ -258,7 +274,7 @@ class ToolRunner:
             result = ToolResult("failed", error_output("the call ended before the tool finished"))
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    database_sync_to_async(_finish_invocation)(self.call_id, call_id, result)
+                    database_sync_to_async(_finish_invocation)(self.call_id, call_id, result, self.lease)
                 )
             raise
         except Exception:
@@ -267,6 +283,7 @@ class ToolRunner:
             )
         finally:
             if result is not None:
+                record_tool_call(self.toolbox, name, result)  # voiceagent_tool_calls_total{tool,outcome}
                 self._record(
                     TOOL_FINISHED_EVENT,
                     {

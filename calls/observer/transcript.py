@@ -76,6 +76,8 @@ class TranscriptAssembler:
         self._dirty: set[str] = set()
         self._first_seen: dict[str, dt.datetime] = {}
         self._partials: dict[str, list[str]] = {}
+        #: Items retrieved to repair the transcript after a resumption (their answer makes the turn).
+        self._repairs: set[str] = set()
 
     # ---- reading ----------------------------------------------------------------------------------
 
@@ -88,6 +90,12 @@ class TranscriptAssembler:
     def restore_dirty(self, turns: list[Turn]) -> None:
         """Mark `turns` dirty again (their write failed and must be retried)."""
         self._dirty.update(turn.item_id for turn in turns)
+
+    def expect_retrieved(self, item_id: str) -> None:
+        """`item_id` is being retrieved to repair the transcript: its `conversation.item.retrieved`
+        sets (or completes) the item's turn, whatever turn we hold."""
+        if len(self._repairs) < MAX_PENDING_ITEMS:
+            self._repairs.add(item_id)
 
     # ---- events -----------------------------------------------------------------------------------
 
@@ -133,6 +141,13 @@ class TranscriptAssembler:
         self._seen(item.id, at)
         text = item.text()
         existing = self.turns.get(item.id)
+        if event.type == "conversation.item.retrieved" and item.id in self._repairs:
+            # A repair after a resumption: the API's copy of an item whose events we may have missed.
+            self._repairs.discard(item.id)
+            if text is not None and item.role in (USER, ASSISTANT):
+                repaired = self._set_text(item.id, item.role, text, at, ended=True)
+                repaired.interrupted = repaired.interrupted or item.status == "incomplete"
+            return
         if event.type == "conversation.item.retrieved":
             # The answer to our retrieve after a truncation: the words the user actually heard.
             if existing is not None and existing.interrupted and text is not None and text != existing.text:

@@ -1,9 +1,17 @@
 """The `call-observer` worker: a Channels consumer that runs one `CallObserver` task per live call.
 
-Run it with ``manage.py runworker call-observer`` (production: as many worker processes as needed,
-on channels_redis), or embedded in ``manage.py serve`` (`run_embedded_worker`, same loop as daphne).
-Messages (see `calls.observer.dispatch`): ``observe.start`` starts observing a call unless this
-process already does; ``observe.stop`` asks its observer to flush and detach.
+Run it with ``manage.py observe`` (production: as many worker processes as needed, on
+channels_redis and PostgreSQL), or embedded in ``manage.py serve`` (`run_embedded_worker`, same loop
+as daphne). ``manage.py runworker call-observer`` still works but only answers messages (no scan).
+Messages (see `calls.observer.dispatch`): ``observe.start`` claims the call's lease and observes it
+unless another worker holds a live lease on it; ``observe.stop`` asks its observer to flush and detach.
+
+Leases (calls.observer.lease): the pool of each process has an owner id; it renews the leases of its
+observers every `OBSERVER_LEASE_HEARTBEAT_S`, and its scanner claims every `OBSERVER_LEASE_SCAN_S`
+the live calls whose lease expired (their worker died) or that have none, and observes them. An
+observer whose lease was taken over is fenced (stops without writing). On shutdown (SIGTERM) the
+worker stops scanning and taking messages, lets its observers flush, and releases their leases, so
+that another worker takes the calls over at its next scan instead of after the TTL.
 """
 
 from __future__ import annotations
@@ -15,23 +23,31 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from channels.worker import Worker
+from django.conf import settings
 from django.db import DatabaseError
 
-from calls.observer import store
+from calls.observer import lease as leases
 from calls.observer.dispatch import OBSERVER_CHANNEL
+from calls.observer.lease import LeaseToken
 from calls.observer.observer import CallObserver
 
 logger = logging.getLogger(__name__)
 
 
 class ObserverPool:
-    """The observers of this process, at most one per call."""
+    """The observers of this process, at most one per call (and, with leases, one per call across
+    all processes)."""
 
     def __init__(self) -> None:
         self._observers: dict[uuid.UUID, CallObserver] = {}
         self._tasks: dict[uuid.UUID, asyncio.Task[Any]] = {}
+        #: This worker instance's lease owner id.
+        self.owner = leases.new_owner_id()
+        #: Set while shutting down: no new call is taken.
+        self.closing = False
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._observers
@@ -46,10 +62,12 @@ class ObserverPool:
         return self._tasks.get(call_id)
 
     def start(self, call_id: uuid.UUID, **options: Any) -> CallObserver:
-        """Observe `call_id` on the running loop; the existing observer if one runs already."""
+        """Observe `call_id` on the running loop; the existing observer if one runs already.
+        Pass `lease=` (a token this pool claimed) to fence the observer's writes."""
         existing = self._observers.get(call_id)
         if existing is not None:
             return existing
+        options.setdefault("user_agent", f"voiceagent-observer/{self.owner}")
         observer = CallObserver(call_id, **options)
         task = asyncio.create_task(observer.run(), name=f"observer-{call_id}")
         self._observers[call_id] = observer
@@ -63,7 +81,79 @@ class ObserverPool:
                 logger.error("call %s: observer crashed", call_id, exc_info=done.exception())
 
         task.add_done_callback(forget)
+        if observer.lease is not None:
+            self._ensure_heartbeat()
         return observer
+
+    # ---- leases -----------------------------------------------------------------------------------
+
+    def tokens(self) -> list[LeaseToken]:
+        return [o.lease for o in self._observers.values() if o.lease is not None and not o.fenced]
+
+    async def claim_and_start(self, call_id: uuid.UUID) -> CallObserver | None:
+        """`observe.start`: claim the call's lease and observe it; None if another worker holds it
+        (or the call is not live, or we are shutting down)."""
+        if self.closing:
+            return None
+        existing = self._observers.get(call_id)
+        if existing is not None:
+            return existing
+        token = await database_sync_to_async(leases.claim)(call_id, self.owner)
+        if token is None or self.closing:
+            if token is not None:
+                await database_sync_to_async(leases.release)([token])
+            logger.info("call %s: observed by another worker (or not live); not taken", call_id)
+            return None
+        return self.start(call_id, lease=token)
+
+    async def scan_once(self) -> int:
+        """Claim the live calls whose lease expired or that have none; observe them."""
+        if self.closing:
+            return 0
+        tokens = await database_sync_to_async(leases.claim_expired)(self.owner)
+        started = 0
+        for token in tokens:
+            if self.closing or token.call_id in self._observers:
+                # Ours already (a fenced observer still finishing): give the claim back.
+                await database_sync_to_async(leases.release)([token])
+                continue
+            self.start(token.call_id, lease=token)
+            started += 1
+        if started:
+            logger.info("took over the observation of %d call(s) (lease missing or expired)", started)
+        return started
+
+    async def scan_forever(self) -> None:
+        """The lease scanner: runs until cancelled; database trouble is retried at the next scan."""
+        interval = float(settings.OBSERVER_LEASE_SCAN_S)
+        while not self.closing:
+            try:
+                await self.scan_once()
+            except DatabaseError:
+                logger.exception("lease scan failed; retrying")
+            await asyncio.sleep(interval)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._beat_forever(), name="observer-lease-heartbeat")
+
+    async def heartbeat_once(self) -> set[uuid.UUID]:
+        """Renew this pool's leases; fence the observers whose lease was taken over."""
+        lost = await database_sync_to_async(leases.renew)(self.tokens())
+        for call_id in lost:
+            observer = self._observers.get(call_id)
+            if observer is not None:
+                observer.fence()
+        return lost
+
+    async def _beat_forever(self) -> None:
+        interval = float(settings.OBSERVER_LEASE_HEARTBEAT_S)
+        while self._observers:
+            try:
+                await self.heartbeat_once()
+            except DatabaseError:
+                logger.exception("lease heartbeat failed; retrying")
+            await asyncio.sleep(interval)
 
     def stop(self, call_id: uuid.UUID, *, reason: str) -> bool:
         """Ask the call's observer to stop; False if this process does not observe it."""
@@ -75,12 +165,26 @@ class ObserverPool:
 
     async def aclose(self, *, grace_s: float = 10.0) -> None:
         """Worker shutdown: stop every observer task (calls go on upstream; their events so far are
-        flushed). Bounded by `grace_s`."""
+        flushed), then release their leases so that another worker takes the calls over at once.
+        Bounded by `grace_s`."""
+        self.closing = True
+        tokens = self.tokens()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        if tokens:
+            try:
+                released = await database_sync_to_async(leases.release)(tokens)
+                logger.info("released %d observer lease(s)", released)
+            except DatabaseError:
+                logger.exception("could not release the leases; they expire after the TTL")
+        self.closing = False
 
 
 #: This process's observers.
@@ -102,7 +206,10 @@ class ObserverWorkerConsumer(AsyncConsumer):  # type: ignore[misc]
     async def observe_start(self, message: dict[str, Any]) -> None:
         call_id = _call_id(message)
         if call_id is not None:
-            pool.start(call_id)
+            try:
+                await pool.claim_and_start(call_id)
+            except DatabaseError:  # the scanner claims it once the database answers again
+                logger.exception("call %s: could not claim the lease", call_id)
 
     async def observe_stop(self, message: dict[str, Any]) -> None:
         call_id = _call_id(message)
@@ -140,31 +247,22 @@ def build_worker() -> Worker:
 
 
 async def resume_live_calls() -> int:
-    """Observe again the calls the database says may be live (the process was restarted mid-call).
-
-    Only with the in-memory layer, where this process is the only observer there is: with a shared
-    layer several workers would resume the same calls (that needs the lease design.md describes).
-    A call that ended meanwhile is closed by its observer ("ended upstream": the API answers 404).
-    """
-    if not isinstance(get_channel_layer(), InMemoryChannelLayer):
-        return 0
-    call_ids = await database_sync_to_async(store.live_call_ids)()
-    for call_id in call_ids:
-        pool.start(call_id)
-    if call_ids:
-        logger.info("resuming the observation of %d call(s) left live by a previous run", len(call_ids))
-    return len(call_ids)
+    """Observe again the calls the database says may be live and no worker holds (this process was
+    restarted mid-call, or another worker died): one lease scan. Safe with any number of workers."""
+    return await pool.scan_once()
 
 
 async def run_embedded_worker() -> None:
-    """Run the observer worker on the current loop until cancelled (``serve``'s embedded default)."""
+    """Run the observer worker on the current loop until cancelled (``serve``'s embedded default,
+    and ``manage.py observe``): the channel worker for messages plus the lease scanner. Cancelling
+    it is the graceful shutdown: no new call is taken, observers flush, leases are released."""
     worker = build_worker()
-    logger.info("call observer worker running in this process (channel %s)", OBSERVER_CHANNEL)
+    logger.info("call observer worker %s running in this process (channel %s)", pool.owner, OBSERVER_CHANNEL)
+    scanner = asyncio.create_task(pool.scan_forever(), name="observer-lease-scanner")
     try:
-        try:
-            await resume_live_calls()
-        except DatabaseError:  # the worker still serves new calls
-            logger.exception("could not look for calls left live by a previous run")
         await worker.arun()
     finally:
+        pool.closing = True
+        scanner.cancel()
+        await asyncio.gather(scanner, return_exceptions=True)
         await pool.aclose()
