@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from calls.models import Call
 from calls.observer import store
 from calls.observer.events import TURN_BOUNDARIES, SessionEvent, parse_server_event
-from calls.observer.images import strip_images  # frames are stored as thumbnails
+from calls.observer.images import strip_images
 from calls.observer.lease import LeaseLost, LeaseToken
 from calls.observer.publish import publish_events, publish_status
 from calls.observer.tools import ToolRunner
@@ -425,8 +425,9 @@ class CallObserver:
         return payload
 
     def _append(self, event_type: str, payload: dict[str, Any], at: dt.datetime) -> None:
+        payload = strip_images(payload)  # an input_image's base64 is stored as a small thumbnail
         self._buffer.append(
-            store.PendingEvent(sequence=self._next_sequence, type=event_type, payload=strip_images(payload), received_at=at)
+            store.PendingEvent(sequence=self._next_sequence, type=event_type, payload=payload, received_at=at)
         )
         self._next_sequence += 1
 
