@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -398,15 +398,16 @@ def demo_server(
 
 
 @contextlib.contextmanager
-def chromium(*, fake_microphone: Path | None = None) -> Iterator[Browser]:
+def chromium(*, fake_microphone: Path | None = None, extra_args: Sequence[str] = ()) -> Iterator[Browser]:
     """Headless Debian Chromium driven by Playwright (never a downloaded browser).
 
     With `fake_microphone` (a 48 kHz WAV) the browser grants media without asking and plays that file
     once as its microphone; loopback ICE candidates and autoplay are allowed, for calls on this machine.
+    `extra_args` are more command-line flags (e.g. `--ignore-certificate-errors` for a test certificate).
     """
     from playwright.sync_api import sync_playwright
 
-    args = list(CHROMIUM_FLAGS)
+    args = [*CHROMIUM_FLAGS, *extra_args]
     if fake_microphone is not None:
         args += [
             "--use-fake-ui-for-media-stream",
