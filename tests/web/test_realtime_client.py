@@ -199,7 +199,7 @@ def test_session_config_push_to_talk_when_the_profile_has_no_turn_detection() ->
     profile = AgentProfile(
         name="PTT", instructions="Hi.", voice="ash", model="gpt-realtime-mini", turn_detection=None
     )
-    session = build_session_config(profile, mode="webcam")
+    session = build_session_config(profile, mode="audio")
 
     assert session["audio"]["input"]["turn_detection"] is None
     assert session["audio"]["output"] == {"voice": "ash"}
