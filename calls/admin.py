@@ -76,6 +76,7 @@ class AgentProfileForm(forms.ModelForm[AgentProfile]):
             "tools",
             "phone_numbers",
             "transfer_targets",
+            "record_calls",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -88,7 +89,7 @@ class AgentProfileForm(forms.ModelForm[AgentProfile]):
 @admin.register(AgentProfile)
 class AgentProfileAdmin(admin.ModelAdmin[AgentProfile]):
     form = AgentProfileForm
-    list_display = ["name", "is_default", "voice", "model", "updated_at"]
+    list_display = ["name", "is_default", "voice", "model", "record_calls", "updated_at"]
     list_filter = ["is_default", "voice", "model"]
     search_fields = ["name", "instructions"]
     readonly_fields = ["created_at", "updated_at"]
@@ -97,6 +98,7 @@ class AgentProfileAdmin(admin.ModelAdmin[AgentProfile]):
         ("Voice and model", {"fields": ["voice", "model", "turn_detection"]}),
         ("Tools", {"fields": ["tools"]}),
         ("Phone", {"fields": ["phone_numbers", "transfer_targets"]}),
+        ("Recording", {"fields": ["record_calls"]}),
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
 
@@ -214,6 +216,7 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
         if call is not None:
             context["transcript_turns"] = selectors.call_transcript(call=call)
             context["call_events"] = selectors.call_events(call=call)
+            context["recording"] = selectors.call_recording(call=call)
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     @admin.display(description="Started", ordering="created_at")

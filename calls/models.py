@@ -89,6 +89,13 @@ class AgentProfile(models.Model):
             '"sip:desk@pbx.example.com"]; nothing else is allowed (toll fraud).'
         ),
     )
+    record_calls = models.BooleanField(
+        default=True,
+        help_text=(
+            "Keep the audio of web calls with this agent (the console records and uploads it); "
+            "untick to switch recording off."
+        ),
+    )
     is_default = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -208,6 +215,52 @@ class Call(models.Model):
         if end is None:
             return None
         return max(end - self.answered_at, dt.timedelta(0))
+
+
+class CallRecording(models.Model):
+    """The audio of a web call, as the console recorded it (Opus in WebM), kept in Django's storage.
+
+    A model of its own rather than fields on `Call`: most calls (phone calls, profiles with recording
+    off) have none, and the upload's bookkeeping (the next expected offset, the chunk count, the
+    playable copy) changes every two seconds during a call, which must not rewrite the call's row the
+    observer also updates. The browser uploads chunks in order; chunk *i* is the storage object
+    ``recordings/<call id>/chunks/<i>.webm`` and ``size`` is the offset the next chunk must start at.
+    Storage backends cannot append (S3 and friends), so chunks stay separate objects until the
+    recording is made playable: then they are concatenated and remuxed into one seekable WebM with a
+    duration and cues (``playable_name``); once the recording is finished the chunks are deleted.
+    See `calls.services.recordings` and docs/web-calls.md.
+    """
+
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, primary_key=True, related_name="recording")
+    content_type = models.CharField(max_length=100, help_text="As the browser sent it, e.g. audio/webm.")
+    size = models.PositiveBigIntegerField(
+        default=0, help_text="Bytes received so far: the offset the next chunk must start at."
+    )
+    chunk_count = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(
+        default=timezone.now, help_text="When the browser started recording (server clock)."
+    )
+    updated_at = models.DateTimeField(auto_now=True, help_text="When the last chunk arrived.")
+    finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set once no more chunks are accepted (the chunks are merged)."
+    )
+    playable_name = models.CharField(
+        max_length=255, blank=True, help_text="Storage name of the seekable copy; empty until made."
+    )
+    playable_source_size = models.PositiveBigIntegerField(
+        default=0, help_text="How many received bytes the seekable copy covers (stale when < size)."
+    )
+    duration_s = models.FloatField(null=True, blank=True, help_text="Length of the seekable copy.")
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"recording of {self.call_id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finished_at is not None
 
 
 class Event(models.Model):

@@ -14,7 +14,7 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from calls import metrics
-from calls.models import AgentProfile, Call, Event, ToolInvocation, TranscriptTurn
+from calls.models import AgentProfile, Call, CallRecording, Event, ToolInvocation, TranscriptTurn
 
 
 def _count_of(model: type[Event] | type[TranscriptTurn] | type[ToolInvocation]) -> Coalesce:
@@ -160,3 +160,24 @@ def agent_comparison(*, since: dt.datetime | None = None) -> list[AgentCompariso
         )
         for profile in profiles
     ]
+
+
+# ---- call recordings -------------------------------------------------------------------------------
+
+
+def get_recording_call(*, user: User | AnonymousUser, call_id: uuid.UUID, upload: bool) -> Call:
+    """The call whose recording `user` may upload (`upload`: its owner only) or play back (its owner,
+    or staff who may view calls in the admin); `Http404` otherwise, so others' call ids stay hidden."""
+    call = Call.objects.select_related("agent").filter(pk=call_id).first()
+    if call is None or not user.is_authenticated:
+        raise Http404("No such call.")
+    if call.user_id == user.pk:
+        return call
+    if not upload and user.is_staff and user.has_perm("calls.view_call"):
+        return call
+    raise Http404("No such call.")
+
+
+def call_recording(*, call: Call) -> CallRecording | None:
+    """The call's recording when anything was uploaded, else None (no player to show)."""
+    return CallRecording.objects.filter(call=call, size__gt=0).first()

@@ -158,6 +158,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "voiceagent.security.SecurityHeadersMiddleware",
+    # A database outage raised by a view becomes 503 + Retry-After, not a 500 (docs/scaling.md).
+    "voiceagent.availability.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "voiceagent.urls"
@@ -202,8 +204,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": env.int("DB_POOL_MIN", default=2),
             "max_size": env.int("DB_POOL_MAX", default=10),
-            # Seconds a request waits for a free connection before failing (503 to the user).
-            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+            # Seconds a request waits for a connection before failing with OperationalError (503 to
+            # the user). Short: while PostgreSQL is down, users get a clear error quickly (and /readyz,
+            # whose checks allow 3 s, names the connection failure rather than its own timeout).
+            "timeout": env.float("DB_POOL_TIMEOUT", default=2.5),
         }
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import render
+from django.views.decorators.http import require_safe
 
 from calls.models import AgentProfile, Call
 from calls.permissions import staff_required
@@ -24,6 +25,7 @@ CONSOLE_TRANSPORTS: list[tuple[Call.Transport, str, str]] = [
 ]
 
 
+@require_safe
 @staff_required
 def console(request: HttpRequest) -> HttpResponse:
     """Render the console shell; the call flow is driven by static/console/*.js (entry: main.js).
@@ -41,6 +43,8 @@ def console(request: HttpRequest) -> HttpResponse:
         "realtimeBaseUrl": settings.REALTIME_BASE_URL,
         "iceServers": settings.CONSOLE_ICE_SERVERS,
         "csrfToken": get_token(request),
+        # Web calls use the default profile: the console records them unless it says not to.
+        "recordCalls": bool(agent.record_calls) if agent else False,
     }
     return render(
         request,

@@ -7,6 +7,7 @@ import uuid
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_safe
 
 from calls import metrics, selectors
 from calls.permissions import staff_required
@@ -14,6 +15,7 @@ from calls.permissions import staff_required
 CALLS_PER_PAGE = 20
 
 
+@require_safe
 @staff_required
 def call_list(request: HttpRequest) -> HttpResponse:
     """The signed-in user's calls, newest first, paginated (`?page=N`; out-of-range pages show the last)."""
@@ -22,6 +24,7 @@ def call_list(request: HttpRequest) -> HttpResponse:
     return render(request, "calls/call_list.html", {"page": page, "calls": page.object_list})
 
 
+@require_safe
 @staff_required
 def call_detail(request: HttpRequest, call_id: uuid.UUID) -> HttpResponse:
     """One of the user's own calls: facts, turn latency, transcript and tool calls; 404 for others'."""
@@ -34,6 +37,7 @@ def call_detail(request: HttpRequest, call_id: uuid.UUID) -> HttpResponse:
             "call": call,
             "turns": selectors.call_transcript(call=call),
             "tool_invocations": selectors.call_tool_invocations(call=call),
+            "recording": selectors.call_recording(call=call),
             "latency": {
                 "turns": len(latencies),
                 "median_ms": metrics.median(latencies),
