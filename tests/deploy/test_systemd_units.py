@@ -83,9 +83,26 @@ def test_each_service_is_confined_to_its_own_writable_paths(name: str) -> None:
     assert f"{INSTALL_DIR}/var" in service["ReadWritePaths"].split()
 
 
-def test_the_web_unit_serves_without_starting_an_engine_and_the_worker_runs_the_observer() -> None:
+def test_the_web_unit_serves_alone_and_the_worker_runs_the_observer() -> None:
     web = _service_section("voiceagent-web.service")["ExecStart"].split()
-    assert web[1:4] == ["manage.py", "serve", "--no-engine"]
+    assert web[1:3] == ["manage.py", "serve"]
+    assert {"--no-engine", "--no-observer", "--no-collectstatic"} <= set(web)
     worker = _service_section("voiceagent-worker.service")["ExecStart"].split()
-    assert worker[1] == "manage.py"
-    assert worker[2] in {"runworker", "observe"}
+    assert worker[1:] == ["manage.py", "observe"]
+
+
+def test_the_units_use_only_options_the_commands_accept() -> None:
+    """Each flag in ExecStart is one `manage.py <command> --help` lists (a renamed flag breaks here)."""
+    for name in ("voiceagent-web.service", "voiceagent-worker.service"):
+        words = _service_section(name)["ExecStart"].split()
+        command = words[2]
+        shown = subprocess.run(
+            [sys.executable, str(REPO / "manage.py"), command, "--help"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0, shown.stderr
+        for flag in (word for word in words if word.startswith("--")):
+            assert flag in shown.stdout, f"{name}: {command} has no {flag}"
