@@ -1,0 +1,273 @@
+"""Call set-up overhead of our SDP proxy: offer → answer through `POST /rtc` versus straight to the engine.
+
+Run: .venv/bin/python -m bench.setup_overhead [--rounds-c1 60] [--concurrency 1 10 50] [--profile DIR]
+
+Loopback only. Starts the local engine (`python -m realtime_local --no-speech`, its own process) and
+the product (`manage.py serve --no-engine`, daphne, production settings but plain-HTTP cookies, a
+throw-away SQLite database, the call observer embedded as in `make run`), signs in as the seeded
+staff user, then at each concurrency runs rounds of `c` simultaneous offers alternately
+
+- *direct*: `POST {engine}/v1/realtime/calls` (multipart `sdp` + `session`, the request our proxy
+  makes itself, over a kept-alive connection as a browser would);
+- *proxy*: `POST /rtc?mode=audio` (application/sdp), which creates the Call row, builds the session
+  config, forwards the offer and stores the provider's call id, then asks the observer to attach,
+
+with the arm that goes first swapped every round (A/B, B/A, …), so both see the same machine. The
+clock runs from sending the request to having read the whole SDP answer. Offers are real aiortc
+offers made before any timing. After each round its calls are hung up (the proxy's through
+`/rtc/<id>/hangup`, the direct ones at the engine), untimed, so neither side fills up.
+
+Prints `name: value unit` lines: p50/p95/p99 per arm and concurrency, the proxy's added p50 and
+the p50/p95 ratios. `--profile DIR` also records the web server with py-spy during the run
+(DIR/server.speedscope.json, DIR/server.txt: the hottest frames; see bench/profiling.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.profiling import py_spy  # noqa: E402
+from scripts.screenshots import DEMO_PASSWORD, DEMO_USERNAME, demo_server, free_port  # noqa: E402
+
+API_KEY = "sk-local"
+#: The session our proxy sends for the default agent (same shape, same size), for the direct arm.
+SESSION = {
+    "type": "realtime",
+    "model": "gpt-realtime",
+    "instructions": "You are a helpful, concise voice assistant. " * 4,
+    "output_modalities": ["audio"],
+    "audio": {
+        "input": {"transcription": {"model": "whisper-1"}, "turn_detection": {"type": "server_vad"}},
+        "output": {"voice": "marin"},
+    },
+    "tools": [],
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN without values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+async def make_offers(count: int) -> list[str]:
+    """Real browser-like offers (one audio sendrecv transceiver), made before anything is timed."""
+    from aiortc import RTCPeerConnection
+
+    offers = []
+    for _ in range(count):
+        peer = RTCPeerConnection()
+        peer.addTransceiver("audio", direction="sendrecv")
+        await peer.setLocalDescription(await peer.createOffer())
+        offers.append(peer.localDescription.sdp)
+        await peer.close()
+    return offers
+
+
+@contextlib.contextmanager
+def engine_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The local engine (no speech: the SDP answer does not depend on it) on a free port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "realtime_local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-speech",
+            "--no-sip",
+            "--max-calls",
+            "1000",
+            "--loopback-candidates",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the engine did not start")
+            time.sleep(0.2)
+        yield f"{base}/v1", process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def sign_in(http: httpx.AsyncClient, base: str) -> None:
+    page = await http.get(f"{base}/accounts/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert token, "no CSRF token on the login page"
+    done = await http.post(
+        f"{base}/accounts/login/",
+        data={"username": DEMO_USERNAME, "password": DEMO_PASSWORD, "csrfmiddlewaretoken": token.group(1)},
+        headers={"Referer": f"{base}/accounts/login/"},
+    )
+    assert done.status_code == 302, f"sign-in failed: HTTP {done.status_code}"
+
+
+class Bench:
+    def __init__(self, web: str, engine: str, offers: list[str]) -> None:
+        self.web, self.engine, self.offers = web, engine, offers
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        self.browser = httpx.AsyncClient(timeout=30, limits=limits, trust_env=False)
+        self.api = httpx.AsyncClient(
+            timeout=30, limits=limits, trust_env=False, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        self.next = 0
+        self.failures = 0
+
+    def fail(self, arm: str, response: httpx.Response) -> None:
+        self.failures += 1
+        if self.failures <= 3:
+            print(f"# {arm} failed: HTTP {response.status_code} {response.text[:200]!r}", file=sys.stderr)
+
+    def offer(self) -> str:
+        self.next += 1
+        return self.offers[self.next % len(self.offers)]
+
+    async def proxy(self) -> tuple[float, str | None]:
+        offer = self.offer()
+        started = time.perf_counter()
+        response = await self.browser.post(
+            f"{self.web}/rtc?mode=audio", content=offer, headers={"Content-Type": "application/sdp"}
+        )
+        took = (time.perf_counter() - started) * 1000
+        if response.status_code != 201:
+            self.fail("proxy", response)
+            return took, None
+        return took, response.headers["location"]
+
+    async def direct(self) -> tuple[float, str | None]:
+        import json
+
+        offer = self.offer()
+        files = {
+            "sdp": (None, offer, "application/sdp"),
+            "session": (None, json.dumps(SESSION), "application/json"),
+        }
+        started = time.perf_counter()
+        response = await self.api.post(f"{self.engine}/realtime/calls", files=files)
+        took = (time.perf_counter() - started) * 1000
+        if response.status_code != 201:
+            self.fail("direct", response)
+            return took, None
+        return took, response.headers["location"].rstrip("/").rsplit("/", 1)[-1]
+
+    async def hang_up(self, arm: str, ids: list[str | None]) -> None:
+        async def one(call: str) -> None:
+            if arm == "proxy":
+                await self.browser.post(f"{self.web}{call}/hangup", headers={"Origin": self.web})
+            else:
+                await self.api.post(f"{self.engine}/realtime/calls/{call}/hangup")
+
+        await asyncio.gather(*(one(call) for call in ids if call))
+
+    async def round(self, arm: str, concurrency: int) -> list[float]:
+        method = self.proxy if arm == "proxy" else self.direct
+        results = await asyncio.gather(*(method() for _ in range(concurrency)))
+        await self.hang_up(arm, [call for _, call in results])
+        return [took for took, call in results if call]
+
+    async def run(self, concurrency: int, rounds: int) -> dict[str, list[float]]:
+        samples: dict[str, list[float]] = {"direct": [], "proxy": []}
+        for warm in ("direct", "proxy"):  # connections, imports, first queries: not counted
+            await self.round(warm, concurrency)
+        for index in range(rounds):
+            order = ("direct", "proxy") if index % 2 == 0 else ("proxy", "direct")
+            for arm in order:
+                samples[arm] += await self.round(arm, concurrency)
+                await asyncio.sleep(0.05)  # let the hang-ups' observer work settle between rounds
+        return samples
+
+
+def report(concurrency: int, samples: dict[str, list[float]]) -> None:
+    for arm in ("direct", "proxy"):
+        values = samples[arm]
+        for q in (50, 95, 99):
+            print(f"setup.c{concurrency}.{arm}.p{q}: {percentile(values, q):.1f} ms")
+        print(f"setup.c{concurrency}.{arm}.n: {len(values)} calls")
+    direct, proxy = samples["direct"], samples["proxy"]
+    added = percentile(proxy, 50) - percentile(direct, 50)
+    print(f"setup.c{concurrency}.proxy_added.p50: {added:.1f} ms")
+    print(f"setup.c{concurrency}.ratio.p50: {percentile(proxy, 50) / percentile(direct, 50):.2f} x")
+    print(f"setup.c{concurrency}.ratio.p95: {percentile(proxy, 95) / percentile(direct, 95):.2f} x")
+
+
+async def main_async(web: str, engine: str, options: argparse.Namespace) -> int:
+    offers = await make_offers(8)
+    bench = Bench(web, engine, offers)
+    await sign_in(bench.browser, web)
+    for concurrency in options.concurrency:
+        rounds = max(4, options.rounds_c1 // concurrency) if concurrency > 1 else options.rounds_c1
+        rounds = max(rounds, -(-options.min_samples // concurrency))
+        report(concurrency, await bench.run(concurrency, rounds))
+    print(f"setup.failed_requests: {bench.failures} requests")
+    await bench.browser.aclose()
+    await bench.api.aclose()
+    return 1 if bench.failures else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--rounds-c1", type=int, default=60, help="rounds at concurrency 1 (default 60)")
+    parser.add_argument("--min-samples", type=int, default=100, help="calls per arm at least (default 100)")
+    parser.add_argument("--profile", type=Path, help="record the web server with py-spy into this folder")
+    options = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    with (
+        engine_process() as (engine, _),
+        demo_server(
+            debug=False,
+            extra_env={
+                "SECURE_COOKIES": "false",
+                "REALTIME_BASE_URL": engine,
+                "REALTIME_API_KEY": API_KEY,
+                "RTC_RATE_LIMIT": "1000000/m",  # the benchmark sets up thousands of calls a minute
+            },
+        ) as server,
+    ):
+        with py_spy(server.process.pid, options.profile, "server"):
+            code = asyncio.run(main_async(server.base_url, engine, options))
+        if code:
+            print(f"# the server's log ends with:\n{server.log_tail(3000)}", file=sys.stderr)
+    print(f"machine.load_average_end: {os.getloadavg()[0]:.2f}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
