@@ -56,8 +56,11 @@ class LeaseToken:
 
 
 def new_owner_id() -> str:
-    """A worker instance's id: host and pid for people reading the table, a random part for unicity."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A worker instance's id: its name (OBSERVER_WORKER_NAME, e.g. a Procfile's), host and pid for
+    people reading the table, a random part for unicity."""
+    name = os.environ.get("OBSERVER_WORKER_NAME", "")[:30]
+    base = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{name}@{base}" if name else base
 
 
 def ttl() -> dt.timedelta:

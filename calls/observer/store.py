@@ -94,6 +94,7 @@ _ITEM_EVENT_TYPES = (
     "conversation.item.added",
     "conversation.item.done",
     "conversation.item.created",
+    "response.output_item.added",
     "response.output_item.done",
     "conversation.item.input_audio_transcription.completed",
     "response.output_audio_transcript.done",

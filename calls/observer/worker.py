@@ -139,7 +139,7 @@ class ObserverPool:
 
     async def heartbeat_once(self) -> set[uuid.UUID]:
         """Renew this pool's leases; fence the observers whose lease was taken over."""
-        lost = await database_sync_to_async(leases.renew)(self.tokens())
+        lost: set[uuid.UUID] = await database_sync_to_async(leases.renew)(self.tokens())
         for call_id in lost:
             observer = self._observers.get(call_id)
             if observer is not None:

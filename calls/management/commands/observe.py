@@ -44,7 +44,7 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         worker = asyncio.create_task(run_embedded_worker(), name="call-observer-worker")
-        self.stdout.write(f"Observer worker {pool.owner} running.")
+        self.stdout.write(f"observer worker running (lease owner {pool.owner})")
         self.stdout.flush()
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, waiter}, return_when=asyncio.FIRST_COMPLETED)
