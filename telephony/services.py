@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ from calls.services.realtime_client import RealtimeClient, RealtimeError, is_val
 from calls.services.session_config import build_session_config
 from telephony.hours import BusinessHours, parse_business_hours
 from voiceagent.config import MissingSettingError, require_setting
+from voiceagent.monitoring.logs import bind_call_id
+from voiceagent.monitoring.metrics import (
+    instrument_webhook_verification,
+    record_call_setup,
+    setup_outcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,38 +116,50 @@ class VerifiedWebhook:
     event: dict[str, Any]
 
 
-def _verifier() -> Webhook:
+def _verifier(secret: str, *, name: str) -> Webhook:
+    try:
+        return Webhook(secret)
+    except (ValueError, RuntimeError, EmptyWebhookSecretError) as exc:  # bad base64 is a ValueError
+        raise SigningSecretMissing(f"{name} is not a valid whsec_ secret ({type(exc).__name__}).") from None
+
+
+def _verifiers() -> list[Webhook]:
+    """The current secret's verifier first, then those of `OPENAI_SIGNING_SECRET_PREVIOUS`: during a
+    rotation a delivery signed with either the new or the old secret is authentic."""
     try:
         secret = require_setting("OPENAI_SIGNING_SECRET", purpose="verify OpenAI's phone-call webhooks")
     except MissingSettingError as exc:
         raise SigningSecretMissing(str(exc)) from None
-    try:
-        return Webhook(secret)
-    except (ValueError, RuntimeError, EmptyWebhookSecretError) as exc:  # bad base64 is a ValueError
-        raise SigningSecretMissing(
-            f"OPENAI_SIGNING_SECRET is not a valid whsec_ secret ({type(exc).__name__})."
-        ) from None
+    previous = [value for value in settings.OPENAI_SIGNING_SECRET_PREVIOUS if value]
+    return [
+        _verifier(secret, name="OPENAI_SIGNING_SECRET"),
+        *(_verifier(value, name="OPENAI_SIGNING_SECRET_PREVIOUS") for value in previous),
+    ]
 
 
+@instrument_webhook_verification  # voiceagent_webhook_verifications_total{outcome}
 def verify_webhook(*, body: bytes, headers: Mapping[str, str]) -> VerifiedWebhook:
     """Check the signature of `body` (the raw bytes) and the envelope; `WebhookRefused` if either fails.
 
     Only the three Standard Webhooks headers are given to svix (it would otherwise prefer `svix-*`
     headers over ours). `SigningSecretMissing` when no secret is configured.
     """
-    verifier = _verifier()
+    verifiers = _verifiers()
     wanted = {
         name: headers.get(name, "") for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
     }
     for name, value in wanted.items():
         if not value:
             raise WebhookRefused(f"missing {name} header")
-    try:
-        verifier.verify(body, wanted)
-    except WebhookVerificationError as exc:
-        raise WebhookRefused(f"signature verification failed: {str(exc).lower()}") from None
-    except (ValueError, UnicodeDecodeError):  # a malformed signature list, or a body not UTF-8
-        raise WebhookRefused("signature verification failed: malformed signature or body") from None
+    for attempt, verifier in enumerate(verifiers, start=1):
+        try:
+            verifier.verify(body, wanted)
+            break
+        except WebhookVerificationError as exc:
+            if attempt == len(verifiers):  # no secret signed it
+                raise WebhookRefused(f"signature verification failed: {str(exc).lower()}") from None
+        except (ValueError, UnicodeDecodeError):  # a malformed signature list, or a body not UTF-8
+            raise WebhookRefused("signature verification failed: malformed signature or body") from None
     webhook_id = wanted["webhook-id"]
     if _WEBHOOK_ID_RE.fullmatch(webhook_id) is None:
         raise WebhookRefused("webhook-id is not a valid id")
@@ -408,7 +427,10 @@ def phone_session_config(profile: AgentProfile) -> dict[str, Any]:
 async def answer_incoming_call(*, decision: Decision) -> None:
     """Accept or reject the call upstream as decided, then start observing an accepted call."""
     assert decision.provider_call_id is not None
+    started = time.monotonic()
+    bind_call_id(decision.call_id)  # this task's log lines (a fresh context: see receive_webhook)
     if decision.reject_status is not None:
+        record_call_setup("sip", "rejected")
         try:
             async with RealtimeClient() as client:
                 await client.reject_call(decision.provider_call_id, status_code=decision.reject_status)
@@ -422,6 +444,7 @@ async def answer_incoming_call(*, decision: Decision) -> None:
         async with RealtimeClient() as client:
             await client.accept_call(decision.provider_call_id, session=session)
     except RealtimeError as exc:
+        record_call_setup("sip", "missed" if exc.status == 404 else setup_outcome(exc))
         if exc.status == 404:
             await _mark_missed(call)
             return
@@ -429,6 +452,7 @@ async def answer_incoming_call(*, decision: Decision) -> None:
         await amark_call_failed(call=call, error=exc.message)
         await WebhookDelivery.objects.filter(call=call).aupdate(outcome=WebhookDelivery.Outcome.FAILED)
         return
+    record_call_setup("sip", "ok", started=started)
     try:
         await request_observation(call.id)
     except (ObserverUnavailableError, ChannelFull, OSError) as exc:

@@ -72,6 +72,9 @@ PORT: int = env.int("PORT", default=8000)
 # With a key we talk to OpenAI; without one, to the local engine started beside the product.
 OPENAI_API_KEY: str = env.str("OPENAI_API_KEY", default="")
 OPENAI_SIGNING_SECRET: str = env.str("OPENAI_SIGNING_SECRET", default="")
+# Secrets that were OPENAI_SIGNING_SECRET before a rotation, still accepted until the switch is over
+# (comma-separated whsec_ values; docs/operations.md "Rotate the webhook secret").
+OPENAI_SIGNING_SECRET_PREVIOUS: list[str] = env.list("OPENAI_SIGNING_SECRET_PREVIOUS", default=[])
 FROM_NUMBER: str = env.str("FROM_NUMBER", default="")
 
 REALTIME_LOCAL_HOST: str = env.str("REALTIME_LOCAL_HOST", default="127.0.0.1")
