@@ -24,14 +24,18 @@ View = TypeVar("View", bound=Callable[..., Any])
 
 #: The attribute `body_cap` sets on a view: an int (bytes) or the name of an int setting.
 BODY_CAP_ATTRIBUTE: Final = "max_body_bytes"
+#: The attribute holding the error code of the view's 413 (when it names its own, e.g. chunk_too_large).
+BODY_CAP_CODE_ATTRIBUTE: Final = "max_body_code"
 
 
-def body_cap(limit: int | str) -> Callable[[View], View]:
+def body_cap(limit: int | str, *, code: str = "body_too_large") -> Callable[[View], View]:
     """Declare the largest request body `view` accepts: bytes, or the name of a setting holding them
-    (read per request, so tests and deployments can change it). Works on sync and async views."""
+    (read per request, so tests and deployments can change it); `code` is the 413's error code.
+    Works on sync and async views."""
 
     def decorate(view: View) -> View:
         setattr(view, BODY_CAP_ATTRIBUTE, limit)
+        setattr(view, BODY_CAP_CODE_ATTRIBUTE, code)
         return view
 
     return decorate
@@ -47,11 +51,10 @@ def view_body_cap(view: Callable[..., Any]) -> int:
     return int(declared)
 
 
-def body_too_large(limit: int) -> JsonResponse:
+def body_too_large(limit: int, code: str = "body_too_large") -> JsonResponse:
     """The 413 answer, in the JSON error shape of our APIs."""
     return JsonResponse(
-        {"error": {"message": f"The request body exceeds {limit} bytes.", "code": "body_too_large"}},
-        status=413,
+        {"error": {"message": f"The request body exceeds {limit} bytes.", "code": code}}, status=413
     )
 
 
@@ -69,26 +72,27 @@ class RequestBodyCapMiddleware(MiddlewareMixin):
         view_kwargs: dict[str, Any],
     ) -> HttpResponseBase | None:
         limit = view_body_cap(view_func)
+        code = str(getattr(view_func, BODY_CAP_CODE_ATTRIBUTE, "body_too_large"))
         raw_length = (request.META.get("CONTENT_LENGTH") or "").strip()
         if not raw_length:
-            return self._measure_undeclared(request, limit)
+            return self._measure_undeclared(request, limit, code)
         try:
             declared = int(raw_length)
         except ValueError:
             return JsonResponse(
                 {"error": {"message": "Invalid Content-Length.", "code": "invalid_length"}}, status=400
             )
-        return body_too_large(limit) if declared > limit else None
+        return body_too_large(limit, code) if declared > limit else None
 
     @staticmethod
-    def _measure_undeclared(request: HttpRequest, limit: int) -> HttpResponseBase | None:
+    def _measure_undeclared(request: HttpRequest, limit: int, code: str) -> HttpResponseBase | None:
         """A body without a declared length (chunked): read at most one byte past the cap; a body that
         fits is kept as the request's body for the view (Django's own caches `_body` and `_stream`)."""
         if getattr(request, "_read_started", False) or hasattr(request, "_body"):
             return None
         head = request.read(limit + 1)
         if len(head) > limit:
-            return body_too_large(limit)
+            return body_too_large(limit, code)
         request._body = head
         request._stream = BytesIO(head)
         return None

@@ -7,6 +7,7 @@ import datetime as dt
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 
 from calls import selectors
 from calls.permissions import staff_required
@@ -20,6 +21,7 @@ PERIODS: list[tuple[str, str, int | None]] = [
 ]
 
 
+@require_safe
 @staff_required
 def compare_agents(request: HttpRequest) -> HttpResponse:
     """Calls, turn latency (median, p95), interruptions, tool calls and failures per agent profile.

@@ -39,6 +39,7 @@ from calls import selectors
 from calls.models import Call
 from calls.services import recordings
 from calls.views.api import api_staff_required, json_error, request_user
+from voiceagent.security import body_cap
 
 
 def _offset_headers(response: HttpResponseBase, state: recordings.RecordingState) -> None:
@@ -70,6 +71,8 @@ def _int_param(request: HttpRequest, name: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+# A chunk at most: the body cap middleware (voiceagent/security.py) refuses more before the view runs.
+@body_cap("RECORDING_MAX_CHUNK_BYTES", code="chunk_too_large")
 @require_http_methods(["GET", "HEAD", "POST"])
 @api_staff_required
 async def call_recording(request: HttpRequest, call_id: uuid.UUID) -> HttpResponseBase:
