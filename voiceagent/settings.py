@@ -371,6 +371,7 @@ except ValueError as _exc:
     raise ImproperlyConfigured(
         f"METRICS_ALLOWED_IPS: {_exc} (expected addresses or CIDR networks)."
     ) from None
-# A call-observer worker (`runworker`) serves its own series on this loopback port when set (not needed
-# when it shares PROMETHEUS_MULTIPROC_DIR with the web processes).
+# A call-observer worker (`manage.py observe`) serves its own series on METRICS_WORKER_HOST:this port
+# when set (not needed when it shares PROMETHEUS_MULTIPROC_DIR with the web processes). No auth there.
 METRICS_WORKER_PORT: int | None = _optional_positive_int("METRICS_WORKER_PORT")
+METRICS_WORKER_HOST: str = env.str("METRICS_WORKER_HOST", default="127.0.0.1")

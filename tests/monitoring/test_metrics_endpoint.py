@@ -88,3 +88,22 @@ def test_a_malformed_allow_list_stops_the_start_with_its_name() -> None:
     )
     assert result.returncode != 0
     assert "METRICS_ALLOWED_IPS" in result.stderr and "not-a-network" in result.stderr
+
+
+def test_a_worker_serves_its_own_series_on_its_metrics_port(settings: SettingsWrapper) -> None:
+    """`manage.py observe` with METRICS_WORKER_PORT: the worker's counters on its own port, without
+    the live calls (the web processes report those; Prometheus would add the copies up)."""
+    import urllib.request
+
+    from voiceagent.monitoring.metrics import record_call_setup, serve_worker_metrics
+
+    settings.METRICS_WORKER_PORT = None
+    assert serve_worker_metrics() is None
+    settings.METRICS_WORKER_PORT, settings.METRICS_WORKER_HOST = 0, "127.0.0.1"  # 0: any free port
+    port = serve_worker_metrics()
+    record_call_setup("sip", "missed")
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    assert 'voiceagent_call_setups_total{outcome="missed",transport="sip"}' in body
+    assert "voiceagent_live_calls" not in body

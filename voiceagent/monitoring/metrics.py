@@ -284,14 +284,23 @@ def exposition(*, live_calls: bool = True) -> bytes:
     return generate_latest(scrape_registry(live_calls=live_calls))
 
 
-def start_worker_metrics_server(*, port: int, addr: str = "127.0.0.1") -> None:
-    """Serve this process's series on `addr:port` from a daemon thread (call-observer workers have no
-    HTTP server of their own; `METRICS_WORKER_PORT`). Not needed when the workers share the web
-    processes' `PROMETHEUS_MULTIPROC_DIR`: the web `/metrics` already includes them."""
+def serve_worker_metrics() -> int | None:
+    """When `METRICS_WORKER_PORT` is set, serve this process's series on `METRICS_WORKER_HOST`:that
+    port from a daemon thread (call-observer workers have no HTTP server of their own); return the
+    port. Not needed when the workers share the web processes' `PROMETHEUS_MULTIPROC_DIR`: the web
+    `/metrics` includes them already. prometheus_client's server has no authentication: keep it on
+    loopback or a private network."""
+    from django.conf import settings
     from prometheus_client import start_http_server
 
-    start_http_server(port, addr=addr, registry=scrape_registry(live_calls=False))
-    logger.info("metrics: worker series served on http://%s:%d/metrics", addr, port)
+    port: int | None = settings.METRICS_WORKER_PORT
+    if port is None:
+        return None
+    host: str = settings.METRICS_WORKER_HOST
+    server, _ = start_http_server(port, addr=host, registry=scrape_registry(live_calls=False))
+    bound = int(server.server_address[1])
+    logger.info("metrics: this worker's series on http://%s:%d/metrics", host, bound)
+    return bound
 
 
 def labelled_total(text: str, name: str, labels: dict[str, str] | None = None) -> float:

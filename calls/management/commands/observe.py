@@ -20,6 +20,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from calls.observer.worker import pool, run_embedded_worker
+from voiceagent.monitoring.metrics import serve_worker_metrics
 
 logger = logging.getLogger("voiceagent.observe")
 
@@ -28,6 +29,7 @@ class Command(BaseCommand):
     help = "Run a call-observer worker (channel messages and lease takeover) until SIGTERM."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        serve_worker_metrics()  # METRICS_WORKER_PORT set: this worker's series on its own port
         asyncio.run(self.run())
         self.stdout.write("Observer worker stopped.")
 
