@@ -14,8 +14,8 @@ from calls.permissions import staff_required
 #: The console's mode picker, in display order: (mode, title, one-line description).
 CONSOLE_MODES: list[tuple[Call.Mode, str, str]] = [
     (Call.Mode.AUDIO, "Audio only", "Low-latency microphone with a neural voice."),
-    (Call.Mode.WEBCAM, "Webcam", "Camera preview and microphone (the agent does not see video yet)."),
-    (Call.Mode.SCREEN, "Share screen", "Screen preview and microphone (the agent does not see it yet)."),
+    (Call.Mode.WEBCAM, "Webcam", "Camera and microphone: the agent sees frames of your camera."),
+    (Call.Mode.SCREEN, "Share screen", "Screen and microphone: the agent sees frames of your screen."),
 ]
 
 #: How the browser's SDP offer reaches the Realtime API: (transport, title, one-line description).

@@ -6,10 +6,13 @@
 //            {realtimeBaseUrl}/realtime/calls with it, then register the call: POST /api/calls.
 //
 // Hanging up is always ours: POST /rtc/<call id>/hangup, then the peer is closed. The data channel is
-// `oai-events`, created before the offer; this client never sends anything on it.
+// `oai-events`, created before the offer; in the video modes vision.js sends the camera's or the
+// screen's frames on it as image items (nothing else is sent on it). A screen share stopped with the
+// browser's own button ends the call the way *End session* does (`requestEnd`).
 
 import { lastSegment, postSameOrigin } from "./http.js";
 import { openLocalMedia, stopStream } from "./media.js";
+import { FrameSampler, visionSettings } from "./vision.js";
 
 const DEFAULT_URLS = {
   rtc: "/rtc",
@@ -87,7 +90,7 @@ export class CallClient {
   }
 
   /** The console contract: resolves with a session once the answer is applied. */
-  async start({ mode, config = {}, log, onState, onLocalStream, onRemoteStream }) {
+  async start({ mode, config = {}, log, onState, onLocalStream, onRemoteStream, requestEnd = null }) {
     const transport = this.transport();
     const offer = TRANSPORTS[transport];
     if (!offer) throw new Error(`unknown transport "${transport}"`);
@@ -99,6 +102,7 @@ export class CallClient {
       const pc = session.createPeer(onRemoteStream);
       pc.addTransceiver(media.audio, { direction: "sendrecv", streams: [media.preview] });
       if (media.video) pc.addTrack(media.video, media.preview);
+      if (media.video) session.watchVideo(media.video, { requestEnd });
       const description = await pc.createOffer();
       await pc.setLocalDescription(description);
       log.log("Signaling", `offer posted (${transport})`);
@@ -130,6 +134,8 @@ export class CallSession {
     this.startedAt = performance.now();
     this.connectMs = null;
     this.ending = null;
+    /** The frame sampler of a video mode (vision.js), null in audio mode. */
+    this.vision = null;
   }
 
   get peerState() {
@@ -158,6 +164,31 @@ export class CallSession {
     return pc;
   }
 
+  /** Give the model sight of `track` (frames as image items once the channel opens); a screen share
+   * the browser stops (its own "Stop sharing" button fires `ended`) ends the call. */
+  watchVideo(track, { requestEnd = null } = {}) {
+    const settings = visionSettings({
+      config: this.config,
+      element: document.querySelector("#preview"),
+      options: window.voiceagentConsoleOptions ?? {},
+    });
+    this.vision = new FrameSampler({
+      track,
+      channel: this.channel,
+      maxMessageBytes: () => this.pc?.sctp?.maxMessageSize || 65536,
+      log: this.log,
+      settings,
+    });
+    this.vision.start();
+    track.addEventListener("ended", () => {
+      this.vision?.stop();
+      if (this.mode !== "screen" || this.ending) return;
+      this.log.log("Vision", "screen sharing stopped");
+      if (requestEnd) requestEnd("screen sharing stopped");
+      else this.end().then(() => this.onState("ended", "screen sharing stopped"));
+    });
+  }
+
   #hangupUrl() {
     return (this.config.urls?.hangup ?? DEFAULT_URLS.hangup).replace("{id}", encodeURIComponent(this.callId));
   }
@@ -168,6 +199,7 @@ export class CallSession {
     if (this.ending || !this.callId) return;
     navigator.sendBeacon(this.#hangupUrl());
     this.ending = Promise.resolve();
+    this.vision?.stop();
     this.pc?.close();
     stopStream(this.localStream);
   }
@@ -186,6 +218,7 @@ export class CallSession {
         if (!quiet) this.log.log("Signaling", "hung up");
       }
     } finally {
+      this.vision?.stop();
       this.channel?.close();
       this.pc?.close();
       stopStream(this.localStream);

@@ -1,7 +1,8 @@
 // The console shell (started by main.js): wires the UI, the duration clock and the activity log to a
 // session controller. The call flow itself lives in a `callClient` (added by the web-calls work):
 //
-//   callClient.start({ mode, config, log, onState, onLocalStream, onRemoteStream }) -> Promise<session>
+//   callClient.start({ mode, config, log, onState, onLocalStream, onRemoteStream, requestEnd })
+//     -> Promise<session>
 //   session.end() -> Promise<void>            // idempotent; must release every media track
 //
 // onState("active") starts the clock; onState("ended" | "error", detail) returns to idle.
@@ -55,6 +56,8 @@ export class SessionController {
         onState: (state, detail) => attempt === this.attempt && this.#onSessionState(state, detail),
         onLocalStream: (stream) => attempt === this.attempt && this.ui.showPreview(stream, "Local"),
         onRemoteStream: (stream) => attempt === this.attempt && this.ui.playRemoteAudio(stream),
+        // The call asks to end itself (a screen share stopped in the browser): as *End session* does.
+        requestEnd: (reason) => attempt === this.attempt && this.end(reason),
       });
       if (attempt !== this.attempt) {
         await session.end();

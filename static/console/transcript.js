@@ -1,9 +1,21 @@
 // The live transcript: user and assistant turns assembled from the call's server events, partial text
 // growing as deltas arrive, interrupted replies marked, each reply labelled with its turn latency.
-// TranscriptModel is pure data (testable without a page); TranscriptView renders it (textContent only).
+// Frames the camera or screen sent (image items) show as thumbnails where they were sent: consecutive
+// frames share one strip (role "frames"). TranscriptModel is pure data (testable without a page);
+// TranscriptView renders it (textContent, and <img> for the thumbnails the observer stored).
 
 /** @typedef {{itemId: string, role: "user"|"assistant"|"tool", text: string, final: boolean,
  *   interrupted: boolean, responseId: string|null, latencyMs: number|null, status?: string}} Turn */
+
+/** Most thumbnails one strip shows (the latest ones); the call page has them all. */
+export const MAX_STRIP_FRAMES = 12;
+
+/** The image parts of a user message item, or [] (also for items with words in them). */
+export function frameParts(item) {
+  if (item.type !== "message" || item.role !== "user" || !Array.isArray(item.content)) return [];
+  if (item.content.some((part) => part.text || part.transcript)) return [];
+  return item.content.filter((part) => part.type === "input_image");
+}
 
 /** The one-line text of a tool call: `name(arguments)`, then `→ output` once it finished. */
 export function toolCallText(event, previous = "") {
@@ -53,6 +65,8 @@ export class TranscriptModel {
       case "conversation.item.added":
       case "conversation.item.created": {
         const item = event.item ?? {};
+        const frames = item.id ? frameParts(item) : [];
+        if (frames.length) return this.#frames(item.id, frames);
         if (item.type !== "message" || !item.id || !["user", "assistant"].includes(item.role)) return [];
         const turn = this.#turn(item.id, item.role);
         const typed = (item.content ?? []).map((part) => part.text ?? part.transcript ?? "").join("");
@@ -120,6 +134,24 @@ export class TranscriptModel {
     }
   }
 
+  /** File a frame item's images in the strip at the end of the transcript (a new one after a turn). */
+  #frames(itemId, parts) {
+    if (this.byItem.has(itemId)) return [];
+    let strip = this.turns.at(-1);
+    if (!strip || strip.role !== "frames") {
+      strip = { itemId: `frames:${itemId}`, role: "frames", text: "", final: true, interrupted: false, responseId: null, latencyMs: null, frames: [] };
+      this.turns.push(strip);
+      this.byItem.set(strip.itemId, strip);
+    }
+    this.byItem.set(itemId, strip);
+    for (const part of parts) {
+      const facts = part.voiceagent_image ?? {};
+      strip.frames.push({ itemId, url: typeof part.image_url === "string" ? part.image_url : null, width: facts.width ?? null, height: facts.height ?? null });
+    }
+    strip.text = `${strip.frames.length} frame${strip.frames.length === 1 ? "" : "s"} sent`;
+    return [strip];
+  }
+
   /** Attach a measured latency to its reply (now, or when the reply's first text arrives). */
   attachLatency({ latencyMs, itemId, responseId }) {
     const turn =
@@ -162,11 +194,28 @@ export class TranscriptView {
       if (turn.status) parts.bubble.dataset.status = turn.status;
       parts.bubble.classList.toggle("failed", turn.status === "failed");
       parts.text.textContent = turn.text || (turn.failed ? "(not transcribed)" : "…");
+      if (turn.frames) this.#renderFrames(parts, turn.frames);
       parts.tag.hidden = !turn.interrupted;
       parts.latency.hidden = turn.latencyMs === null;
       if (turn.latencyMs !== null) parts.latency.textContent = `${turn.latencyMs} ms`;
     }
     if (stick) this.container.scrollTop = this.container.scrollHeight;
+  }
+
+  #renderFrames(parts, frames) {
+    parts.strip ??= parts.bubble.appendChild(Object.assign(document.createElement("div"), { className: "frames" }));
+    const shown = frames.slice(-MAX_STRIP_FRAMES);
+    parts.strip.replaceChildren(
+      ...shown.map((frame) => {
+        const image = document.createElement("img");
+        image.className = "frame";
+        image.dataset.itemId = frame.itemId;
+        image.alt = "A frame the agent was shown";
+        if (frame.width && frame.height) image.title = `${frame.width}x${frame.height}`;
+        if (frame.url?.startsWith("data:image/")) image.src = frame.url;
+        return image;
+      }),
+    );
   }
 
   #create(turn) {
@@ -177,7 +226,7 @@ export class TranscriptView {
     const who = document.createElement("div");
     who.className = "who";
     const role = document.createElement("span");
-    role.textContent = { user: "You", assistant: "Agent", tool: "Tool" }[turn.role] ?? turn.role;
+    role.textContent = { user: "You", assistant: "Agent", tool: "Tool", frames: "Camera / screen" }[turn.role] ?? turn.role;
     const latency = document.createElement("span");
     latency.className = "latency";
     latency.title = "From the end of your speech to the first sign of this reply";
