@@ -151,7 +151,8 @@ MIDDLEWARE = [
     # First: every log line of the request, even a security refusal's, carries its request id.
     "voiceagent.monitoring.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # WhiteNoise, async-capable: the stock one pins every async request to one thread (bench/README.md).
+    "voiceagent.static_files.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before CSRF: an oversized body is refused before anything parses it (voiceagent/security.py).
@@ -208,9 +209,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "min_size": env.int("DB_POOL_MIN", default=2),
             "max_size": env.int("DB_POOL_MAX", default=10),
             # Seconds a request waits for a connection before failing with OperationalError (503 to
-            # the user). Short: while PostgreSQL is down, users get a clear error quickly (and /readyz,
-            # whose checks allow 3 s, names the connection failure rather than its own timeout).
-            "timeout": env.float("DB_POOL_TIMEOUT", default=2.5),
+            # the user, voiceagent/availability.py). Long enough for a burst of set-ups to queue for
+            # the pool (bench/load.py), short enough that users hear of an outage within seconds.
+            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
         }
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)

@@ -5,3 +5,8 @@ import os
 os.environ.setdefault("SECRET_KEY", "insecure-test-only-key-0123456789abcdefghijklmnopqrstuvwxyz")
 
 from voiceagent.settings import *  # noqa: F403
+
+# A refused database fails within /readyz's 3 s check (production waits DB_POOL_TIMEOUT, 10 s, for a
+# pooled connection), unless a run sets DB_POOL_TIMEOUT itself.
+if "pool" in DATABASES["default"].get("OPTIONS", {}) and "DB_POOL_TIMEOUT" not in os.environ:  # noqa: F405
+    DATABASES["default"]["OPTIONS"]["pool"]["timeout"] = 2.5  # noqa: F405

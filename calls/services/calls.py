@@ -31,6 +31,7 @@ from calls.services.realtime_client import (
     check_provider_call_id,
 )
 from calls.services.session_config import WEB_MODES, build_session_config
+from voiceagent.availability import release_db_connection
 from voiceagent.monitoring.logs import bind_call_id
 from voiceagent.monitoring.metrics import instrument_call_setup
 
@@ -139,6 +140,7 @@ async def start_web_call(
     )
     bind_call_id(call.id)
     session = build_session_config(profile, mode=call_mode)
+    await release_db_connection()  # not held while the API answers (voiceagent/availability.py)
     try:
         async with RealtimeClient() as client:
             created = await client.create_call(offer_sdp=offer_sdp, session=session)

@@ -139,10 +139,60 @@ class ReportingServer(Server):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.on_listening = on_listening
         self.listen_failure: str | None = None
+        self.ports: list[Any] = []
+        self.stopping = False
 
     def listen_success(self, port: Any) -> None:
         super().listen_success(port)
+        self.ports.append(port)
         self.on_listening()
+
+    def requests_in_flight(self) -> int:
+        """HTTP requests whose response is not finished (WebSockets are not counted: they last)."""
+        from daphne.http_protocol import WebRequest
+
+        return sum(
+            1
+            for protocol, details in list(self.connections.items())
+            if isinstance(protocol, WebRequest)
+            and "disconnected" not in details
+            and details.get("application_instance") is not None
+            and not details["application_instance"].done()
+        )
+
+    def graceful_stop(self, grace_s: float) -> None:
+        """SIGTERM: stop accepting connections, let the requests in flight finish (at most `grace_s`),
+        then stop the reactor (daphne then cancels what is left: WebSockets, the embedded observer
+        flushes). A second signal stops at once. daphne's own handler cancels in-flight requests at
+        once, which would fail a call set-up half-way (a call upstream without its answer)."""
+        from twisted.internet import reactor as installed
+
+        reactor: Any = installed
+        if self.stopping:
+            logger.info("second stop signal: stopping now")
+            reactor.stop()
+            return
+        self.stopping = True
+        for port in self.ports:
+            port.stopListening()
+        logger.info(
+            "stopping: no new connections; %d request(s) in flight get up to %g s",
+            self.requests_in_flight(),
+            grace_s,
+        )
+        deadline = time.monotonic() + grace_s
+
+        def check() -> None:
+            busy = self.requests_in_flight()
+            if busy and time.monotonic() < deadline:
+                reactor.callLater(0.05, check)
+                return
+            if busy:
+                logger.warning("stopping with %d request(s) still in flight after %g s", busy, grace_s)
+            if reactor.running:
+                reactor.stop()
+
+        check()
 
     def listen_error(self, failure: Any) -> None:
         self.listen_failure = str(failure.getErrorMessage())
@@ -183,6 +233,12 @@ class Command(BaseCommand):
             "Redis channel layer; see the Procfile).",
         )
         parser.add_argument(
+            "--shutdown-grace",
+            type=float,
+            default=float(os.environ.get("SERVE_SHUTDOWN_GRACE", "20")),
+            help="Seconds SIGTERM waits for requests in flight (default $SERVE_SHUTDOWN_GRACE or 20).",
+        )
+        parser.add_argument(
             "--no-collectstatic",
             action="store_true",
             help="Do not collect static files at start (collected once by the deployment, so that "
@@ -198,6 +254,7 @@ class Command(BaseCommand):
         engine_timeout: float,
         no_observer: bool = False,
         no_collectstatic: bool = False,
+        shutdown_grace: float = 20.0,
         **options: Any,
     ) -> None:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -211,7 +268,7 @@ class Command(BaseCommand):
                 self.prepare_static_files()
             if not no_observer:
                 self.start_in_process_services()
-            self.serve(host=host, port=port)
+            self.serve(host=host, port=port, shutdown_grace=shutdown_grace)
         except KeyboardInterrupt:
             self.stdout.write("Stopping.")
         finally:
@@ -267,8 +324,8 @@ class Command(BaseCommand):
         install_embedded_worker()
         self.stdout.write(f"Call observer: embedded worker for channel {OBSERVER_CHANNEL!r}.")
 
-    def serve(self, *, host: str, port: int) -> None:
-        """Run daphne until Ctrl-C/SIGTERM (daphne installs its own handlers for both)."""
+    def serve(self, *, host: str, port: int, shutdown_grace: float = 20.0) -> None:
+        """Run daphne until Ctrl-C/SIGTERM, which stop gracefully (`ReportingServer.graceful_stop`)."""
         from daphne.endpoints import build_endpoint_description_strings
 
         # Imported here: loading the ASGI app builds the middleware, after collectstatic has run.
@@ -286,11 +343,23 @@ class Command(BaseCommand):
         server = ReportingServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
-            signal_handlers=True,
+            signal_handlers=False,
             action_logger=self.log_action,
             verbosity=0,
             on_listening=listening,
         )
+        from twisted.internet import reactor as installed
+
+        reactor: Any = installed
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            reactor.callFromThread(server.graceful_stop, shutdown_grace)
+
+        def install_handlers() -> None:
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+
+        reactor.callWhenRunning(install_handlers)
         server.run()
         if server.listen_failure is not None:
             raise CommandError(f"Cannot listen on {host}:{port}: {server.listen_failure}")
