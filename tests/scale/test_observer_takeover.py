@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +71,32 @@ def test_a_frozen_worker_that_wakes_up_after_the_takeover_writes_nothing(
     # Both observers received the events after the wake-up; only the new owner stored them.
     assert result.duplicates == 0 and result.contiguous, report
     assert "lease taken over" in victim.log_since_start() or "lease lost" in victim.log_since_start(), report
+
+
+def test_sigterm_releases_the_workers_leases_and_the_other_worker_takes_the_calls(
+    cluster: tuple[Cluster, Path],
+) -> None:
+    from tests.scale.cluster import wait_until
+    from tests.scale.takeover import leases, open_calls, worker_of
+
+    running, _ = cluster
+    provider_ids = asyncio.run(open_calls(running, 4))
+    counts = Counter(worker_of(owner) for owner, _ in leases(running).values())
+    name, _ = counts.most_common(1)[0]
+    proc = next(p for p in running.worker_procs if p.name == name)
+    assert proc.terminate(grace_s=20) == 0, proc.log_tail()  # a graceful exit
+    log = proc.log_since_start()
+    assert "released" in log and "observer lease" in log, log[-3000:]
+    # Nobody observes them now, or the other worker does; the calls were not ended by the shutdown.
+    rows = running.sql(
+        "SELECT c.status, l.owner, l.expires_at <= now() FROM calls_call c "
+        "JOIN calls_observerlease l ON l.call_id = c.id WHERE c.provider_call_id = ANY(%s)",
+        provider_ids,
+    )
+    assert all(status in ("connecting", "active") for status, _, _ in rows), rows
+    assert all(worker_of(owner) != name or released for _, owner, released in rows), rows
+    wait_until(
+        lambda: all(worker_of(owner) != name for owner, _ in leases(running).values()),
+        timeout_s=30,
+        what="the calls taken over by the other worker",
+    )
