@@ -4,6 +4,7 @@ Routes (base URL `/v1`, as OpenAI's; see docs/realtime_local.md "API"):
 
     GET  /healthz                                   no auth; 200 when ready, 503 while speech loads
     POST /v1/realtime/calls                         create a WebRTC call (multipart sdp+session, or raw SDP)
+    GET  /v1/models                                 the models the engine answers as (a cheap key check)
     POST /v1/realtime/client_secrets                mint an `ek_` key bound to a session config
     POST /v1/realtime/calls/{call_id}/accept        SIP-style call control ...
     POST /v1/realtime/calls/{call_id}/reject
@@ -168,6 +169,7 @@ def create_app(config: EngineConfig, runtime: EngineRuntime | None = None) -> we
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/realtime/calls", create_call)
     app.router.add_route("OPTIONS", "/v1/realtime/calls", _preflight)
+    app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/realtime/client_secrets", create_client_secret)
     app.router.add_post("/v1/realtime/calls/{call_id}/accept", accept_call)
     app.router.add_post("/v1/realtime/calls/{call_id}/reject", reject_call)
@@ -425,6 +427,23 @@ def _form_text(value: object) -> str | None:
         data = file.read()
         return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
     return None
+
+
+#: What `GET /v1/models` lists: the names the engine is usually asked for (it answers to any name).
+LISTED_MODELS = ("gpt-realtime", "gpt-realtime-mini")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """`GET /v1/models` in OpenAI's list shape; needs the API key. `manage.py check_deployment` uses it
+    to check the key and the reachability without starting a call (as it does against OpenAI)."""
+    engine = _engine(request)
+    _auth(request)
+    created = int(time.time() - (time.monotonic() - engine.started_at))
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "realtime_local"}
+        for name in LISTED_MODELS
+    ]
+    return web.json_response({"object": "list", "data": data})
 
 
 async def create_client_secret(request: web.Request) -> web.Response:
