@@ -1,3 +1,5 @@
+# asgiref's ApplicationCommunicator carries no annotations.
+# mypy: disallow-untyped-calls=False
 """Request body caps: every route refuses a body one byte over its cap with 413, storing nothing.
 
 Each route is taken from the authorization table (so the two lists cannot drift apart) and posted to
