@@ -23,6 +23,7 @@ from calls import selectors
 from calls.models import AgentProfile, Call, Event, McpServer, ToolInvocation, TranscriptTurn, WebhookDelivery
 from calls.services.calls import hang_up_call
 from calls.services.realtime_client import RealtimeError
+from calls.services.recordings import delete_recordings_with_calls
 from calls.templatetags.calls_format import format_duration
 
 #: The end reason of a call an admin hung up (the console's button says "hung up by the user").
@@ -178,6 +179,15 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin[Call]):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Call]:
         return selectors.calls_with_counts(super().get_queryset(request))
+
+    def delete_model(self, request: HttpRequest, obj: Call) -> None:
+        """Retention: a deleted call takes its recording's files with it."""
+        delete_recordings_with_calls(call_ids=[obj.pk])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Call]) -> None:
+        delete_recordings_with_calls(call_ids=list(queryset.values_list("pk", flat=True)))
+        super().delete_queryset(request, queryset)
 
     def has_hang_up_permission(self, request: HttpRequest) -> bool:
         """Staff who may see calls may end live ones (the console's hang-up button has the same rule)."""

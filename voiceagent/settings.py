@@ -151,7 +151,7 @@ MIDDLEWARE = [
     # First: every log line of the request, even a security refusal's, carries its request id.
     "voiceagent.monitoring.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # WhiteNoise, async-capable: the stock one pins every async request to one thread (bench/README.md).
+    # WhiteNoise, async-capable: the stock one sends every async request through a thread.
     "voiceagent.static_files.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -351,21 +351,23 @@ STORAGES: dict[str, Any] = {
 # Uploaded files (call recordings) go through Django's storage API: the "recordings" entry of STORAGES
 # when one is configured (e.g. a private django-storages S3 bucket), else "default", i.e. local files
 # under MEDIA_ROOT. Recordings are never served from MEDIA_URL: only their view streams them.
-MEDIA_ROOT: str = str(env.path("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_ROOT: str = env.str("MEDIA_ROOT", default="").strip() or str(VAR_DIR / "media")
 # Largest recording of one call, in bytes (Opus at ~32-64 kbit/s: 50 MB is well over an hour).
 RECORDING_MAX_BYTES: int = _optional_positive_int("RECORDING_MAX_BYTES") or 50 * 1024 * 1024
 # Largest chunk one upload request may carry (the console sends ~2 s, a few KiB to tens of KiB).
 RECORDING_MAX_CHUNK_BYTES: int = _optional_positive_int("RECORDING_MAX_CHUNK_BYTES") or 1024 * 1024
 
-LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+LOG_LEVEL: str = env.str("LOG_LEVEL", default="").strip().upper() or "INFO"
 # --- Logs and metrics (docs/observability.md) ------------------------------------------------------
 # json: one JSON object per line (timestamp, level, logger, event, request_id, call_id); console: text.
-LOG_FORMAT: str = env.str("LOG_FORMAT", default="console" if DEBUG else "json").strip().lower()
+LOG_FORMAT: str = env.str("LOG_FORMAT", default="").strip().lower() or ("console" if DEBUG else "json")
 LOGGING: dict[str, Any] = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
 configure_structlog()
 # /metrics answers 404 unless one of these is set; when both are, both must pass.
 METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
-METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=[])
+METRICS_ALLOWED_IPS: list[str] = [
+    entry.strip() for entry in env.list("METRICS_ALLOWED_IPS", default=[]) if entry.strip()
+]
 try:
     parse_allowed(tuple(METRICS_ALLOWED_IPS))
 except ValueError as _exc:
@@ -375,4 +377,4 @@ except ValueError as _exc:
 # A call-observer worker (`manage.py observe`) serves its own series on METRICS_WORKER_HOST:this port
 # when set (not needed when it shares PROMETHEUS_MULTIPROC_DIR with the web processes). No auth there.
 METRICS_WORKER_PORT: int | None = _optional_positive_int("METRICS_WORKER_PORT")
-METRICS_WORKER_HOST: str = env.str("METRICS_WORKER_HOST", default="127.0.0.1")
+METRICS_WORKER_HOST: str = env.str("METRICS_WORKER_HOST", default="").strip() or "127.0.0.1"

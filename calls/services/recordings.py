@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import IO, Final
@@ -400,3 +400,16 @@ def delete_recording_files(*, recording: CallRecording) -> None:
         storage.delete(chunk_name(recording, index))
     if recording.playable_name:
         storage.delete(recording.playable_name)
+
+
+def delete_recordings_with_calls(*, call_ids: Iterable[object]) -> None:
+    """Before calls are deleted: remove their recordings' files once the deletion commits (the rows go
+    with the calls, by cascade). Files are not removed if the deletion rolls back."""
+    doomed = list(CallRecording.objects.filter(call_id__in=list(call_ids)))
+
+    def remove() -> None:
+        for recording in doomed:
+            delete_recording_files(recording=recording)
+
+    if doomed:
+        transaction.on_commit(remove)

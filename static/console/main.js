@@ -6,9 +6,13 @@
 import { CallClient } from "./call-client.js";
 import { startConsole } from "./console.js";
 import { LiveView } from "./live-view.js";
+import { CallRecorder } from "./recorder.js";
 
 const options = window.voiceagentConsoleOptions ?? {};
 const live = new LiveView(document);
+// Records each call (mic + agent) when the page config's `recordCalls` says so; see recorder.js.
+const recorder = new CallRecorder({ indicator: document.querySelector("#recording-indicator") });
+CallRecorder.finishLeftover().catch(() => {});
 let controller = null;
 let session = null;
 
@@ -18,6 +22,7 @@ const client = new CallClient({
   onCall: (started) => {
     session = started;
     live.attach(started);
+    recorder.begin({ callId: started.callId, micStream: started.localStream, config: started.config, log: started.log });
   },
 });
 
@@ -27,7 +32,10 @@ const callClient = {
     session = null;
     live.reset({ transport: controller.ui.transport });
     const onState = (state, detail) => {
-      if (state === "ended" || state === "error") live.stop();
+      if (state === "ended" || state === "error") {
+        live.stop();
+        recorder.stop().catch(() => {});
+      }
       args.onState(state, detail);
     };
     live.onServerEnd = (state, detail) => {
@@ -38,12 +46,20 @@ const callClient = {
     const onRemoteStream = (stream) => {
       args.onRemoteStream(stream);
       live.watchRemote(stream);
+      recorder.addRemote(stream);
     };
-    const started = await client.start({ ...args, onState, onRemoteStream });
+    let started;
+    try {
+      started = await client.start({ ...args, onState, onRemoteStream });
+    } catch (error) {
+      recorder.stop().catch(() => {});
+      throw error;
+    }
     return {
       end: async () => {
         live.stop();
-        await started.end();
+        // The last chunk uploads while the call is hung up: the recording ends when the call does.
+        await Promise.all([recorder.stop().catch(() => {}), started.end()]);
       },
     };
   },
@@ -51,7 +67,10 @@ const callClient = {
 
 controller = startConsole({ callClient });
 // Closing or reloading the tab mid-call hangs up instead of leaving the call to time out.
-window.addEventListener("pagehide", () => session?.leave());
+window.addEventListener("pagehide", () => {
+  recorder.abandon();
+  session?.leave();
+});
 
 window.voiceagentConsole = {
   get state() {
@@ -89,5 +108,8 @@ window.voiceagentConsole = {
   },
   maxRemoteRms() {
     return live.maxRemoteRms;
+  },
+  get recording() {
+    return recorder.state;
   },
 };

@@ -416,3 +416,21 @@ def test_the_console_tells_the_recorder_whether_the_profile_records(staff_client
     assert config["recordCalls"] is True
     AgentProfile.objects.filter(is_default=True).update(record_calls=False)
     assert staff_client.get("/").context["client_config"]["recordCalls"] is False
+
+
+def test_deleting_a_call_in_the_admin_deletes_its_recording_files(
+    admin_client: Client,
+    staff_client: Client,
+    call: Call,
+    webm: bytes,
+    media_root: Path,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    upload_all(staff_client, call, webm, final=True)
+    folder = media_root / "recordings" / str(call.pk)
+    assert any(folder.rglob("*.webm"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(f"/admin/calls/call/{call.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Call.objects.filter(pk=call.pk).exists()
+    assert not any(folder.rglob("*.webm"))
