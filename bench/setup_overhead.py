@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -140,13 +142,16 @@ async def sign_in(http: httpx.AsyncClient, base: str) -> None:
 
 
 class Bench:
-    def __init__(self, web: str, engine: str, offers: list[str]) -> None:
-        self.web, self.engine, self.offers = web, engine, offers
+    """The arms: `direct` (the engine) and one per web server (`proxy`, and `proxy_<variant>`)."""
+
+    def __init__(self, webs: dict[str, str], engine: str, offers: list[str]) -> None:
+        self.webs, self.engine, self.offers = webs, engine, offers
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        self.browser = httpx.AsyncClient(timeout=30, limits=limits, trust_env=False)
+        self.browsers = {arm: httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) for arm in webs}
         self.api = httpx.AsyncClient(
             timeout=30, limits=limits, trust_env=False, headers={"Authorization": f"Bearer {API_KEY}"}
         )
+        self.arms = ["direct", *webs]
         self.next = 0
         self.failures = 0
 
@@ -159,21 +164,19 @@ class Bench:
         self.next += 1
         return self.offers[self.next % len(self.offers)]
 
-    async def proxy(self) -> tuple[float, str | None]:
+    async def proxy(self, arm: str) -> tuple[float, str | None]:
         offer = self.offer()
         started = time.perf_counter()
-        response = await self.browser.post(
-            f"{self.web}/rtc?mode=audio", content=offer, headers={"Content-Type": "application/sdp"}
+        response = await self.browsers[arm].post(
+            f"{self.webs[arm]}/rtc?mode=audio", content=offer, headers={"Content-Type": "application/sdp"}
         )
         took = (time.perf_counter() - started) * 1000
         if response.status_code != 201:
-            self.fail("proxy", response)
+            self.fail(arm, response)
             return took, None
         return took, response.headers["location"]
 
     async def direct(self) -> tuple[float, str | None]:
-        import json
-
         offer = self.offer()
         files = {
             "sdp": (None, offer, "application/sdp"),
@@ -189,56 +192,104 @@ class Bench:
 
     async def hang_up(self, arm: str, ids: list[str | None]) -> None:
         async def one(call: str) -> None:
-            if arm == "proxy":
-                await self.browser.post(f"{self.web}{call}/hangup", headers={"Origin": self.web})
-            else:
+            if arm == "direct":
                 await self.api.post(f"{self.engine}/realtime/calls/{call}/hangup")
+            else:
+                web = self.webs[arm]
+                await self.browsers[arm].post(f"{web}{call}/hangup", headers={"Origin": web})
 
         await asyncio.gather(*(one(call) for call in ids if call))
 
     async def round(self, arm: str, concurrency: int) -> list[float]:
-        method = self.proxy if arm == "proxy" else self.direct
-        results = await asyncio.gather(*(method() for _ in range(concurrency)))
+        if arm == "direct":
+            results = await asyncio.gather(*(self.direct() for _ in range(concurrency)))
+        else:
+            results = await asyncio.gather(*(self.proxy(arm) for _ in range(concurrency)))
         await self.hang_up(arm, [call for _, call in results])
         return [took for took, call in results if call]
 
     async def run(self, concurrency: int, rounds: int) -> dict[str, list[float]]:
-        samples: dict[str, list[float]] = {"direct": [], "proxy": []}
-        for warm in ("direct", "proxy"):  # connections, imports, first queries: not counted
+        samples: dict[str, list[float]] = {arm: [] for arm in self.arms}
+        for warm in self.arms:  # connections, imports, first queries: not counted
             await self.round(warm, concurrency)
         for index in range(rounds):
-            order = ("direct", "proxy") if index % 2 == 0 else ("proxy", "direct")
-            for arm in order:
+            shift = index % len(self.arms)  # each arm goes first in turn
+            for arm in self.arms[shift:] + self.arms[:shift]:
                 samples[arm] += await self.round(arm, concurrency)
                 await asyncio.sleep(0.05)  # let the hang-ups' observer work settle between rounds
         return samples
 
 
 def report(concurrency: int, samples: dict[str, list[float]]) -> None:
-    for arm in ("direct", "proxy"):
-        values = samples[arm]
+    for arm, values in samples.items():
         for q in (50, 95, 99):
             print(f"setup.c{concurrency}.{arm}.p{q}: {percentile(values, q):.1f} ms")
         print(f"setup.c{concurrency}.{arm}.n: {len(values)} calls")
-    direct, proxy = samples["direct"], samples["proxy"]
-    added = percentile(proxy, 50) - percentile(direct, 50)
-    print(f"setup.c{concurrency}.proxy_added.p50: {added:.1f} ms")
-    print(f"setup.c{concurrency}.ratio.p50: {percentile(proxy, 50) / percentile(direct, 50):.2f} x")
-    print(f"setup.c{concurrency}.ratio.p95: {percentile(proxy, 95) / percentile(direct, 95):.2f} x")
+    direct = samples["direct"]
+    for arm, proxy in samples.items():
+        if arm == "direct":
+            continue
+        added = percentile(proxy, 50) - percentile(direct, 50)
+        print(f"setup.c{concurrency}.{arm}_added.p50: {added:.1f} ms")
+        print(f"setup.c{concurrency}.{arm}_ratio.p50: {percentile(proxy, 50) / percentile(direct, 50):.2f} x")
+        print(f"setup.c{concurrency}.{arm}_ratio.p95: {percentile(proxy, 95) / percentile(direct, 95):.2f} x")
 
 
-async def main_async(web: str, engine: str, options: argparse.Namespace) -> int:
+async def main_async(webs: dict[str, str], engine: str, options: argparse.Namespace) -> int:
     offers = await make_offers(8)
-    bench = Bench(web, engine, offers)
-    await sign_in(bench.browser, web)
+    bench = Bench(webs, engine, offers)
+    for arm, web in webs.items():
+        await sign_in(bench.browsers[arm], web)
     for concurrency in options.concurrency:
         rounds = max(4, options.rounds_c1 // concurrency) if concurrency > 1 else options.rounds_c1
         rounds = max(rounds, -(-options.min_samples // concurrency))
         report(concurrency, await bench.run(concurrency, rounds))
     print(f"setup.failed_requests: {bench.failures} requests")
-    await bench.browser.aclose()
+    for browser in bench.browsers.values():
+        await browser.aclose()
     await bench.api.aclose()
     return 1 if bench.failures else 0
+
+
+#: `--compare NAME`: a second web server with an earlier configuration, as one more interleaved arm.
+VARIANTS = {
+    # WhiteNoise's stock, sync-only middleware (before voiceagent/static_files.py).
+    "stock_whitenoise": "bench.settings_stock_whitenoise",
+}
+
+
+@contextlib.contextmanager
+def postgres_database(name: str) -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1 (the product's production database), dropped after."""
+    import psycopg
+
+    admin = "postgres://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def web_server(engine: str, *, settings_module: str, database: str) -> Iterator[Any]:
+    with (
+        postgres_database(database) as database_url,
+        demo_server(
+            debug=False,
+            extra_env={
+                "SECURE_COOKIES": "false",
+                "DATABASE_URL": database_url,
+                "DJANGO_SETTINGS_MODULE": settings_module,
+                "REALTIME_BASE_URL": engine,
+                "REALTIME_API_KEY": API_KEY,
+                "RTC_RATE_LIMIT": "1000000/m",  # the benchmark sets up thousands of calls a minute
+            },
+        ) as server,
+    ):
+        yield server
 
 
 def main() -> int:
@@ -247,24 +298,33 @@ def main() -> int:
     parser.add_argument("--rounds-c1", type=int, default=60, help="rounds at concurrency 1 (default 60)")
     parser.add_argument("--min-samples", type=int, default=100, help="calls per arm at least (default 100)")
     parser.add_argument("--profile", type=Path, help="record the web server with py-spy into this folder")
+    parser.add_argument("--compare", choices=sorted(VARIANTS), help="one more arm: an earlier configuration")
     options = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    with (
-        engine_process() as (engine, _),
-        demo_server(
-            debug=False,
-            extra_env={
-                "SECURE_COOKIES": "false",
-                "REALTIME_BASE_URL": engine,
-                "REALTIME_API_KEY": API_KEY,
-                "RTC_RATE_LIMIT": "1000000/m",  # the benchmark sets up thousands of calls a minute
-            },
-        ) as server,
-    ):
-        with py_spy(server.process.pid, options.profile, "server"):
-            code = asyncio.run(main_async(server.base_url, engine, options))
+    with contextlib.ExitStack() as stack:
+        engine, _ = stack.enter_context(engine_process())
+        servers = {
+            "proxy": stack.enter_context(
+                web_server(
+                    engine, settings_module="voiceagent.settings", database=f"va_bench_setup_{os.getpid()}"
+                )
+            )
+        }
+        if options.compare:
+            servers[f"proxy_{options.compare}"] = stack.enter_context(
+                web_server(
+                    engine,
+                    settings_module=VARIANTS[options.compare],
+                    database=f"va_bench_setup_{os.getpid()}_b",
+                )
+            )
+        with py_spy(servers["proxy"].process.pid, options.profile, "server"):
+            code = asyncio.run(
+                main_async({arm: server.base_url for arm, server in servers.items()}, engine, options)
+            )
         if code:
-            print(f"# the server's log ends with:\n{server.log_tail(3000)}", file=sys.stderr)
+            for server in servers.values():
+                print(f"# the server's log ends with:\n{server.log_tail(3000)}", file=sys.stderr)
     print(f"machine.load_average_end: {os.getloadavg()[0]:.2f}")
     return code
 
