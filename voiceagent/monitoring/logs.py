@@ -57,17 +57,27 @@ def _secret_setting_names() -> tuple[str, ...]:
     return tuple(name for name in dir(settings) if name.isupper() and name.endswith(SECRET_SETTING_SUFFIXES))
 
 
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value if isinstance(value, str) else None
+
+
 def secret_values() -> tuple[str, ...]:
-    """The secret values of the current settings (read at each call: tests and rotations change them)."""
+    """The secret values of the current settings (read at each call: tests and rotations change them;
+    what is derived from them is cached per distinct set of values)."""
     from django.conf import settings
 
     if not settings.configured:
         return ()
+    raw = tuple(_hashable(getattr(settings, name, None)) for name in _secret_setting_names())
+    passwords = tuple(_hashable(db.get("PASSWORD")) for db in getattr(settings, "DATABASES", {}).values())
+    return _derived_secrets(raw + passwords)
+
+
+@functools.lru_cache(maxsize=8)
+def _derived_secrets(raw: tuple[Any, ...]) -> tuple[str, ...]:
     found: set[str] = set()
-    candidates: list[Any] = [getattr(settings, name, None) for name in _secret_setting_names()]
-    candidates += [db.get("PASSWORD") for db in getattr(settings, "DATABASES", {}).values()]
-    for value in candidates:
-        for item in value if isinstance(value, list | tuple) else [value]:
+    for value in raw:
+        for item in value if isinstance(value, tuple) else [value]:
             if not isinstance(item, str) or len(item) < MIN_SECRET_CHARS:
                 continue
             found.add(item)
@@ -84,13 +94,19 @@ def _values_pattern(values: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(value) for value in values)) if values else None
 
 
+#: A line none of these (lower-cased) substrings occurs in cannot match a credential shape.
+_SHAPE_HINTS: Final = ("sk-", "rk-", "ek_", "whsec_", "bearer", "basic", "authorization", "://")
+
+
 def redact(text: str) -> str:
     """`text` with every known secret value and credential-shaped string replaced by `[REDACTED]`."""
     pattern = _values_pattern(secret_values())
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
-    for shape, replacement in _SHAPES:
-        text = shape.sub(replacement, text)
+    lowered = text.lower()
+    if any(hint in lowered for hint in _SHAPE_HINTS):
+        for shape, replacement in _SHAPES:
+            text = shape.sub(replacement, text)
     return text
 
 
