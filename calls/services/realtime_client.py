@@ -13,6 +13,8 @@ Errors are values the caller can act on:
 Provider call ids are checked against `PROVIDER_CALL_ID_RE` before any request and URL-encoded in
 every path, so an id like `..%2F..%2Fclient_secrets` can never reach another endpoint with our key.
 SDP bodies and session contents are never logged (they identify people): logs carry ids only.
+Upstream error text is shown to users and stored on the call, so credentials in it are redacted first
+(OpenAI's 401 quotes the key it was sent; a misbehaving proxy may echo our Authorization header).
 """
 
 from __future__ import annotations
@@ -112,9 +114,25 @@ def looks_like_sdp(text: str) -> bool:
     return text.lstrip().startswith("v=0")
 
 
+#: Credentials as they appear in text: API, ephemeral and restricted keys (also OpenAI's masked
+#: `sk-abc***xyz` form), webhook secrets, and bearer tokens.
+_CREDENTIAL_RE: Final = re.compile(
+    r"\b(?:sk|ek|rk)[-_][A-Za-z0-9*_.-]{4,}|\bwhsec_[A-Za-z0-9+/=]+|\b(?i:bearer)\s+\S+"
+)
+REDACTED: Final = "[redacted]"
+
+
+def redact_credentials(text: str) -> str:
+    """`text` without our configured keys (whatever their shape) or anything that looks like one."""
+    for secret in (settings.REALTIME_API_KEY, settings.OPENAI_API_KEY, settings.OPENAI_SIGNING_SECRET):
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, REDACTED)
+    return _CREDENTIAL_RE.sub(REDACTED, text)
+
+
 def _clip(text: str) -> str:
-    """Upstream text made safe to carry in our own error messages: one line, bounded."""
-    flat = " ".join(text.split())
+    """Upstream text made safe to carry in our own error messages: no credentials, one line, bounded."""
+    flat = " ".join(redact_credentials(text).split())
     return flat if len(flat) <= MAX_MESSAGE_CHARS else flat[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
