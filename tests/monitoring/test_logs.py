@@ -29,6 +29,7 @@ PLANTED = {
     "OPENAI_API_KEY": "sk-proj-PlantedOpenAIKey0123456789abcdefXYZ",
     "OPENAI_SIGNING_SECRET": "whsec_UGxhbnRlZFNpZ25pbmdTZWNyZXQwMTIzNDU2Nzg5",
     "METRICS_TOKEN": "planted-metrics-token-0123456789",
+    "OPENAI_SIGNING_SECRET_PREVIOUS": "whsec_UHJldmlvdXNQbGFudGVkU2lnbmluZ1NlY3JldA==",
 }
 DB_PASSWORD = "planted-db-password-42"
 CLIENT_SECRET = "ek_PlantedClientSecret0123456789"
@@ -43,7 +44,8 @@ setup_test_environment()
 log = logging.getLogger("calls.services.calls")
 log.warning("key %s, secret %s, token %s", settings.OPENAI_API_KEY, settings.OPENAI_SIGNING_SECRET,
             settings.METRICS_TOKEN)
-log.info("signing key alone: %s", settings.OPENAI_SIGNING_SECRET.removeprefix("whsec_"))
+log.info("signing key alone: %s; the one before: %s", settings.OPENAI_SIGNING_SECRET.removeprefix("whsec_"),
+         settings.OPENAI_SIGNING_SECRET_PREVIOUS[0])
 logging.getLogger("daphne.http_protocol").info(
     "headers {'authorization': 'Bearer %s'}", "opaque-credential-xyz")
 logging.getLogger("calls.views").info("client secret %s minted", "CLIENT_SECRET")

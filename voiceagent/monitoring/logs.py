@@ -29,8 +29,18 @@ from structlog.typing import EventDict, Processor
 
 REDACTED: Final = "[REDACTED]"
 LOG_FORMATS: Final = ("json", "console")
-#: Settings whose names end so hold secrets; their values are redacted wherever they appear.
-SECRET_SETTING_SUFFIXES: Final = ("_KEY", "_KEYS", "_SECRET", "_SECRETS", "_TOKEN", "_PASSWORD")
+#: Settings whose names end so hold secrets (_PREVIOUS, _FALLBACKS: the values a rotation replaced,
+#: e.g. OPENAI_SIGNING_SECRET_PREVIOUS, SECRET_KEY_FALLBACKS); their values are redacted wherever they appear.
+SECRET_SETTING_SUFFIXES: Final = (
+    "_KEY",
+    "_KEYS",
+    "_SECRET",
+    "_SECRETS",
+    "_TOKEN",
+    "_PASSWORD",
+    "_PREVIOUS",
+    "_FALLBACKS",
+)
 #: Shorter values are not redacted (they would blank out ordinary words).
 MIN_SECRET_CHARS: Final = 8
 #: Credentials recognised by their shape, whatever setting (or nobody) they came from.
