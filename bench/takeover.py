@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=5.0, help="seconds of talk after the takeover")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between a call's turns")
     parser.add_argument("--stop", action="store_true", help="SIGSTOP (then SIGCONT) instead of SIGKILL")
+    parser.add_argument("--keep", type=Path, help="keep the processes' logs and the engine's event log here")
     args = parser.parse_args()
     if not 1 <= args.calls <= 200:
         parser.error("--calls must be within 1..200")
@@ -55,8 +56,10 @@ def main() -> int:
     load = os.getloadavg()
     print(f"cpus: {os.cpu_count()} loadavg: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     with tempfile.TemporaryDirectory(prefix="va-takeover-") as tmp:
-        event_log = Path(tmp) / "engine-events.jsonl"
-        cluster = Cluster(web=2, workers=2, log_dir=Path(tmp) / "logs")
+        where = args.keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        event_log = where / "engine-events.jsonl"
+        cluster = Cluster(web=2, workers=2, log_dir=where / "logs")
         prepare(cluster, event_log)
         with cluster:
             route_webhooks(cluster)
@@ -75,6 +78,8 @@ def main() -> int:
             print(f"victim: {result.victim} ({how.name}) holding {result.victim_calls} calls")
             for line in result.lines():
                 print(line)
+            for call, kind, at in result.lost_samples:
+                print(f"  lost after takeover: {call} {kind} at +{at:.3f} s")
             print(f"answers_during_run: {result.answers} answers")
             print(f"driver_errors: {len(result.driver_errors)} errors")
             for error in result.driver_errors[:5]:

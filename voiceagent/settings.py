@@ -265,6 +265,9 @@ CHANNEL_LAYERS: dict[str, Any] = (
 OBSERVER_LEASE_TTL_S: float = env.float("OBSERVER_LEASE_TTL_S", default=3.0)
 OBSERVER_LEASE_HEARTBEAT_S: float = env.float("OBSERVER_LEASE_HEARTBEAT_S", default=1.0)
 OBSERVER_LEASE_SCAN_S: float = env.float("OBSERVER_LEASE_SCAN_S", default=0.5)
+# `manage.py observe` on PostgreSQL: the server ends a worker session idle inside a transaction this
+# long (a frozen worker must not keep its lease rows locked: takeover would wait for it).
+OBSERVER_DB_IDLE_TX_TIMEOUT_S: float = env.float("OBSERVER_DB_IDLE_TX_TIMEOUT_S", default=2.0)
 # Django's cache: shared through Redis when REDIS_URL is set (rate limits must count across web
 # processes), process-local memory otherwise (development, one process).
 CACHES: dict[str, Any] = {

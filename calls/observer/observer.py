@@ -391,6 +391,12 @@ class CallObserver:
 
     # ---- fencing ----------------------------------------------------------------------------------
 
+    def adopt(self, token: LeaseToken) -> None:
+        """Go on under a new claim of the same worker (its lease had lapsed, nobody took it)."""
+        self.lease = token
+        if self.tools is not None:
+            self.tools.lease = token
+
     def fence(self) -> None:
         """The lease is lost: forget what is unwritten, close the sideband, stop. Idempotent."""
         if self.fenced:
@@ -544,6 +550,7 @@ class CallObserver:
             activate_at, tampered = self._activate_at, self._tamper_unwritten
             if not (events or turns or usage is not None or activate_at is not None):
                 return
+            token = self.lease
             try:
                 result = await database_sync_to_async(store.write_batch)(
                     call_id=self.call_id,
@@ -552,10 +559,17 @@ class CallObserver:
                     usage=usage,
                     activate_at=activate_at,
                     tampered=tampered,
-                    lease=self.lease,
+                    lease=token,
                 )
             except LeaseLost:
-                self.fence()
+                if self.lease is token:
+                    self.fence()
+                    return
+                # Our worker re-claimed the call meanwhile (its lease had lapsed): write again.
+                self._buffer[:0] = events
+                self._assembler.restore_dirty(turns)
+                if usage is not None:
+                    self._assembler.usage_dirty = True
                 return
             except Exception:
                 # Database trouble (e.g. a lost connection): keep everything and retry next time.

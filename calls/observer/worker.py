@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from channels.consumer import AsyncConsumer
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.worker import Worker
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
 from calls.observer import lease as leases
 from calls.observer.dispatch import OBSERVER_CHANNEL
@@ -34,6 +35,7 @@ from calls.observer.lease import LeaseToken
 from calls.observer.observer import CallObserver
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ObserverPool:
@@ -98,10 +100,10 @@ class ObserverPool:
         existing = self._observers.get(call_id)
         if existing is not None:
             return existing
-        token = await database_sync_to_async(leases.claim)(call_id, self.owner)
+        token = await lease_call(leases.claim, call_id, self.owner)
         if token is None or self.closing:
             if token is not None:
-                await database_sync_to_async(leases.release)([token])
+                await lease_call(leases.release, [token])
             logger.info("call %s: observed by another worker (or not live); not taken", call_id)
             return None
         return self.start(call_id, lease=token)
@@ -110,12 +112,18 @@ class ObserverPool:
         """Claim the live calls whose lease expired or that have none; observe them."""
         if self.closing:
             return 0
-        tokens = await database_sync_to_async(leases.claim_expired)(self.owner)
+        tokens = await lease_call(leases.claim_expired, self.owner)
         started = 0
         for token in tokens:
-            if self.closing or token.call_id in self._observers:
-                # Ours already (a fenced observer still finishing): give the claim back.
-                await database_sync_to_async(leases.release)([token])
+            existing = self._observers.get(token.call_id)
+            if existing is not None and not existing.fenced and not self.closing:
+                # Our own lease lapsed (this process lagged) and nobody took it: keep observing
+                # under the new epoch; a write under the old one retries with the new token.
+                existing.adopt(token)
+                continue
+            if self.closing or existing is not None:
+                # A fenced observer of ours is still finishing: give the claim back.
+                await lease_call(leases.release, [token])
                 continue
             self.start(token.call_id, lease=token)
             started += 1
@@ -139,10 +147,11 @@ class ObserverPool:
 
     async def heartbeat_once(self) -> set[uuid.UUID]:
         """Renew this pool's leases; fence the observers whose lease was taken over."""
-        lost: set[uuid.UUID] = await database_sync_to_async(leases.renew)(self.tokens())
+        tokens = {token.call_id: token for token in self.tokens()}
+        lost: set[uuid.UUID] = await lease_call(leases.renew, list(tokens.values()))
         for call_id in lost:
             observer = self._observers.get(call_id)
-            if observer is not None:
+            if observer is not None and observer.lease == tokens[call_id]:  # not re-claimed meanwhile
                 observer.fence()
         return lost
 
@@ -180,7 +189,7 @@ class ObserverPool:
             self._heartbeat = None
         if tokens:
             try:
-                released = await database_sync_to_async(leases.release)(tokens)
+                released = await lease_call(leases.release, tokens)
                 logger.info("released %d observer lease(s)", released)
             except DatabaseError:
                 logger.exception("could not release the leases; they expire after the TTL")
@@ -189,6 +198,24 @@ class ObserverPool:
 
 #: This process's observers.
 pool = ObserverPool()
+
+#: Lease operations run on a thread (and database connection) of their own: queued behind the
+#: observers' writes on the shared thread, a heartbeat could be late enough under load to lose leases.
+_lease_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="observer-lease")
+
+
+async def lease_call(func: Callable[..., T], *args: Any) -> T:
+    """Run a `calls.observer.lease` function on the lease thread (connections checked like
+    `database_sync_to_async` does: a broken one is replaced, a pooled one returned)."""
+
+    def run() -> T:
+        close_old_connections()
+        try:
+            return func(*args)
+        finally:
+            close_old_connections()
+
+    return await asyncio.get_running_loop().run_in_executor(_lease_executor, run)
 
 
 def _call_id(message: dict[str, Any]) -> uuid.UUID | None:

@@ -160,6 +160,8 @@ class TakeoverResult:
     contiguous: bool
     answers: int
     driver_errors: list[str]
+    #: A few of the events lost after the takeover: (call, type, seconds after the stop).
+    lost_samples: list[tuple[str, str, float]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         ordered = sorted(self.takeover_s)
@@ -224,6 +226,7 @@ def analyse(
     takeover = [attached_at[new_sink[call]] - stopped_at for call in victim_calls if call in new_sink]
 
     after = lost_after = lost_victim = unobserved = 0
+    samples: list[tuple[str, str, float]] = []
     stored_sets = {provider: set(ids) for provider, ids in stored.items()}
     for record in records:
         if record["kind"] != "event":
@@ -235,7 +238,10 @@ def analyse(
             unobserved += 1
         elif call in new_sink and new_sink[call] in sinks:
             after += 1
-            lost_after += 0 if is_stored else 1
+            if not is_stored:
+                lost_after += 1
+                if len(samples) < 10:
+                    samples.append((call, str(record.get("type")), round(record["t"] - stopped_at, 3)))
         elif not is_stored and any(observer_worker(sink) == victim for sink in observers):
             lost_victim += 1
     return TakeoverResult(
@@ -252,7 +258,26 @@ def analyse(
         contiguous=contiguous,
         answers=0,
         driver_errors=[],
+        lost_samples=samples,
     )
+
+
+def wait_for_quiet(cluster: Cluster, provider_ids: list[str], *, timeout_s: float = 20.0) -> None:
+    """Until the calls' stored event count stops growing for a second (the observers flush every
+    0.25 s; a loaded worker may lag)."""
+    last, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = cluster.sql(
+            "SELECT count(*) FROM calls_event e JOIN calls_call c ON c.id = e.call_id "
+            "WHERE c.provider_call_id = ANY(%s)",
+            provider_ids,
+        )
+        count = int(rows[0][0])
+        if count != last:
+            last, quiet_since = count, time.monotonic()
+        elif time.monotonic() - quiet_since >= 1.0:
+            return
+        time.sleep(0.2)
 
 
 async def run_takeover(
@@ -297,7 +322,7 @@ async def run_takeover(
         await asyncio.sleep(after_s)
     finally:
         await drivers.stop()
-    await asyncio.sleep(2.0)  # the observers' last flush (every 0.25 s)
+    await asyncio.to_thread(wait_for_quiet, cluster, provider_ids)
     result = await asyncio.to_thread(
         analyse, cluster, event_log, provider_ids, victim=victim, stopped_at=stopped_at
     )

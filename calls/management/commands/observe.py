@@ -7,6 +7,11 @@ scanner that takes over the calls of workers that died (calls.observer.lease). R
 SIGTERM or SIGINT is a graceful shutdown: the worker stops taking calls, its observers flush what they
 received, their leases are released (so another worker takes the calls over at its next scan rather
 than after the lease TTL), then the process exits 0. A second signal exits at once.
+
+On PostgreSQL its sessions get `idle_in_transaction_session_timeout` (OBSERVER_DB_IDLE_TX_TIMEOUT_S):
+a worker frozen (SIGSTOP, a VM pause) in the middle of a write holds its lease row locked, and the
+other workers' claims skip locked rows; the server ends such a session, so the call can be taken
+over. (Behind a transaction-mode pooler, set it on the workers' database role instead.)
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import os
 import signal
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 
 from calls.observer.worker import pool, run_embedded_worker
 from voiceagent.monitoring.metrics import serve_worker_metrics
@@ -25,10 +33,20 @@ from voiceagent.monitoring.metrics import serve_worker_metrics
 logger = logging.getLogger("voiceagent.observe")
 
 
+def limit_idle_transactions(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """A new PostgreSQL session of this worker: end it if it idles inside a transaction (frozen)."""
+    if connection.vendor != "postgresql":
+        return
+    timeout_ms = int(float(settings.OBSERVER_DB_IDLE_TX_TIMEOUT_S) * 1000)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET idle_in_transaction_session_timeout = {timeout_ms}")
+
+
 class Command(BaseCommand):
     help = "Run a call-observer worker (channel messages and lease takeover) until SIGTERM."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        connection_created.connect(limit_idle_transactions)
         serve_worker_metrics()  # METRICS_WORKER_PORT set: this worker's series on its own port
         asyncio.run(self.run())
         self.stdout.write("Observer worker stopped.")
