@@ -166,7 +166,18 @@ def _https_findings() -> list[Finding]:
                 f"remove SECURE_COOKIES=false from {ENV_FILE} (cookies are Secure whenever DEBUG is off)",
             )
         )
-    if not getattr(settings, "TRUST_PROXY_HEADERS", False):
+    trusted = getattr(settings, "TRUST_PROXY_HEADERS", False)
+    if settings.SECURE_SSL_REDIRECT and not trusted:
+        findings.append(
+            _error(
+                "settings",
+                "SECURE_SSL_REDIRECT is on (HTTPS=true) but TRUST_PROXY_HEADERS is off: behind the TLS "
+                "proxy every request looks like plain http to Django and is redirected to https again, "
+                "in a loop.",
+                f"set TRUST_PROXY_HEADERS=true in {ENV_FILE} (the proxy in deploy/ sets X-Forwarded-Proto)",
+            )
+        )
+    elif not trusted:
         findings.append(
             _warning(
                 "settings",

@@ -109,6 +109,7 @@ def production(database: str, engine_url: str) -> dict[str, str]:
         "ALLOWED_HOSTS": "voiceagent.example.com",
         "CSRF_TRUSTED_ORIGINS": "https://voiceagent.example.com",
         "TRUST_PROXY_HEADERS": "true",
+        "HTTPS": "true",
         "DATABASE_URL": database,
         "REDIS_URL": REDIS_URL,
         "REDIS_KEY_PREFIX": "vatest-deploy-" + secrets.token_hex(6),
@@ -174,6 +175,10 @@ PLANTED: dict[str, tuple[dict[str, str], list[str]]] = {
     ),
     "ALLOWED_HOSTS *": ({"ALLOWED_HOSTS": "*"}, ["ALLOWED_HOSTS contains '*'"]),
     "cookies not Secure": ({"SECURE_COOKIES": "false"}, ["cookies are not Secure", "SECURE_COOKIES"]),
+    "redirect loop": (
+        {"HTTPS": "true", "TRUST_PROXY_HEADERS": "false"},
+        ["SECURE_SSL_REDIRECT is on (HTTPS=true) but TRUST_PROXY_HEADERS is off", "TRUST_PROXY_HEADERS=true"],
+    ),
     "database unreachable": (
         {"DATABASE_URL": "postgres://postgres@127.0.0.1:{port}/va_deploy"},
         ["Cannot connect to the database", "postgresql 127.0.0.1:{port}/va_deploy", "DATABASE_URL"],
@@ -244,7 +249,7 @@ def test_without_redis_there_is_a_warning_not_an_error(production: dict[str, str
 
 
 def test_strict_makes_warnings_fail(production: dict[str, str]) -> None:
-    production["TRUST_PROXY_HEADERS"] = "false"
+    production.update(TRUST_PROXY_HEADERS="false", HTTPS="false")
     assert check(production).returncode == 0
     done = check(production, "--strict")
     assert done.returncode == 1
