@@ -28,7 +28,7 @@ from tests.telephony.conftest import Captured, post_webhook, signed_headers
 from tests.telephony.test_webhook_refusals import _flip_last_char
 from tests.web.conftest import FakeUpstream, Respond, SignedIn
 from tests.web.test_observer_calls import MakeLiveCall, driver, eventually, next_event, observing, say
-from voiceagent.monitoring.metrics import labelled_total, scrape_registry
+from voiceagent.monitoring.metrics import labelled_total
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -190,17 +190,18 @@ async def test_an_observed_call_stores_events_with_lag_and_counts_its_tool_call(
 
 
 def test_counters_of_several_processes_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
-    """Two processes (as two daphne or worker processes) count set-ups into one PROMETHEUS_MULTIPROC_DIR;
-    a scrape of that directory reports their sum."""
+    """Two processes (as two daphne or worker processes) count set-ups into one PROMETHEUS_MULTIPROC_DIR
+    (made by the first if missing); a scrape of that directory reports their sum."""
     script = (
         "import time; from voiceagent.monitoring.metrics import record_call_setup, record_stored_events\n"
         "record_call_setup('proxy', 'ok', started=time.monotonic())\n"
         "record_call_setup('sip', 'missed')\n"
     )
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    shared = tmp_path / "made-at-first-start"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
     for _ in range(2):
         subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, check=True, timeout=60)
-    assert sorted(p.name.split("_")[0] for p in tmp_path.iterdir()) == [
+    assert sorted(p.name.split("_")[0] for p in shared.iterdir()) == [
         "counter",
         "counter",
         "histogram",
@@ -209,9 +210,12 @@ def test_counters_of_several_processes_add_up_in_multiprocess_mode(tmp_path: Pat
 
     from voiceagent.monitoring.metrics import _scrape_registry
 
-    text = generate_latest(_scrape_registry(str(tmp_path), False)).decode()
+    text = generate_latest(_scrape_registry(str(shared), False)).decode()
     assert labelled_total(text, SETUPS, {"transport": "proxy", "outcome": "ok"}) == 2
     assert labelled_total(text, SETUPS, {"transport": "sip", "outcome": "missed"}) == 2
     assert labelled_total(text, SETUP_COUNT, {"transport": "proxy"}) == 2
     assert LIVE not in text  # a worker's own port leaves live calls to the web processes
-    assert scrape_registry() is not None
+    # A web process's /metrics: the directory's sums plus the live calls from the database.
+    web = generate_latest(_scrape_registry(str(shared), True)).decode()
+    assert labelled_total(web, SETUPS, {"transport": "proxy", "outcome": "ok"}) == 2
+    assert labelled_total(web, LIVE, {"source": "web"}) == 0 and f"{LIVE}{{" in web

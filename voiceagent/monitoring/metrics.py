@@ -37,6 +37,23 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+def _prepare_multiprocess_dir() -> None:
+    """Multi-process mode writes a file per process and series into the directory from the first
+    series made (below): create it if missing, or say at start which setting is wrong."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            from django.core.exceptions import ImproperlyConfigured
+
+            message = f"PROMETHEUS_MULTIPROC_DIR={directory!r} cannot be used: {exc}"
+            raise ImproperlyConfigured(message) from None
+
+
+_prepare_multiprocess_dir()
+
 #: Set-up latency buckets (seconds): 10 ms (a direct registration) to 5 s and beyond (a slow upstream).
 SETUP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 #: Observer lag buckets (seconds): a flush runs every 250 ms, so most events land below 0.5 s.
@@ -85,6 +102,20 @@ TOOL_CALL_SECONDS: Final = Histogram(
 SOURCES: Final = ("web", "sip")
 
 
+def _never_raises(hook: Callable[P, None]) -> Callable[P, None]:
+    """A failing metric (e.g. PROMETHEUS_MULTIPROC_DIR missing or full) is logged, never raised into
+    the call set-up, webhook or observer it measures."""
+
+    @functools.wraps(hook)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            hook(*args, **kwargs)
+        except Exception:
+            logger.exception("metrics: %s failed", hook.__name__)
+
+    return guarded
+
+
 # --- call set-ups -------------------------------------------------------------------------------------
 
 
@@ -110,6 +141,7 @@ def setup_outcome(exc: BaseException) -> str:
     return "error"
 
 
+@_never_raises
 def record_call_setup(transport: str, outcome: str, *, started: float | None = None) -> None:
     """Count one set-up; a successful one with its `started` (time.monotonic()) is timed too."""
     CALL_SETUPS.labels(transport=transport, outcome=outcome).inc()
@@ -163,6 +195,12 @@ def webhook_outcome(exc: BaseException) -> str:
     return "malformed"
 
 
+@_never_raises
+def record_webhook_verification(outcome: str) -> None:
+    """Count one webhook delivery checked."""
+    WEBHOOK_VERIFICATIONS.labels(outcome=outcome).inc()
+
+
 def instrument_webhook_verification(verify: Callable[P, R]) -> Callable[P, R]:
     """Decorate `verify_webhook`: one count per delivery checked, by outcome."""
 
@@ -171,9 +209,9 @@ def instrument_webhook_verification(verify: Callable[P, R]) -> Callable[P, R]:
         try:
             result = verify(*args, **kwargs)
         except Exception as exc:
-            WEBHOOK_VERIFICATIONS.labels(outcome=webhook_outcome(exc)).inc()
+            record_webhook_verification(webhook_outcome(exc))
             raise
-        WEBHOOK_VERIFICATIONS.labels(outcome="ok").inc()
+        record_webhook_verification("ok")
         return result
 
     return wrapper
@@ -187,6 +225,7 @@ class _Received(Protocol):
     def received_at(self) -> dt.datetime: ...
 
 
+@_never_raises
 def record_stored_events(events: Iterable[_Received]) -> None:
     """Events just committed: count them and observe each one's lag since it was received."""
     from django.utils import timezone
@@ -200,6 +239,7 @@ def record_stored_events(events: Iterable[_Received]) -> None:
         EVENTS_STORED.inc(count)
 
 
+@_never_raises
 def record_tool_call(toolbox: Toolbox | None, name: str, result: ToolResult) -> None:
     """A finished function call; names the call's toolbox does not know are counted as "unknown"."""
     tool = name if toolbox is not None and toolbox.get(name) is not None else "unknown"
