@@ -58,8 +58,12 @@ const callClient = {
     return {
       end: async () => {
         live.stop();
-        // The last chunk uploads while the call is hung up: the recording ends when the call does.
-        await Promise.all([recorder.stop().catch(() => {}), started.end()]);
+        // Hang up first, then stop recording: the recording spans the call, ending when it ended.
+        try {
+          await started.end();
+        } finally {
+          await recorder.stop().catch(() => {});
+        }
       },
     };
   },

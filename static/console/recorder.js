@@ -26,102 +26,50 @@ function recordingUrl(config, callId) {
   return (config.urls?.recording ?? URL_TEMPLATE).replace("{id}", encodeURIComponent(callId));
 }
 
+/** The console's recorder: one `Recording` per call (a late upload of the previous call never mixes
+ * with the next one), the "recording" indicator, and the tab's unfinished recording after a reload. */
 export class CallRecorder {
   /** @param {{indicator?: HTMLElement | null}} options the console's "recording" indicator */
   constructor({ indicator = null } = {}) {
     this.indicator = indicator;
-    this.reset();
+    this.current = new Recording({ show: () => {} });
   }
 
   static supported() {
     return typeof MediaRecorder !== "undefined" && MediaRecorder.isTypeSupported(MIME_TYPE);
   }
 
-  reset() {
-    this.callId = null;
-    this.config = {};
-    this.log = null;
-    this.recorder = null;
-    this.context = null;
-    this.destination = null;
-    this.sources = [];
-    this.queue = []; // {start, blob}, in order
-    this.produced = 0; // bytes MediaRecorder gave us
-    this.serverSize = 0; // bytes the server holds
-    this.chunksSent = 0;
-    this.pumping = null;
-    this.stopping = null;
-    this.failed = null;
-    this.finished = false;
-    this.startedAt = 0;
-    this.#show(false);
-  }
-
-  /** What tests and devtools may look at. */
-  get state() {
-    return {
-      callId: this.callId,
-      recording: this.recorder?.state === "recording",
-      produced: this.produced,
-      uploaded: this.serverSize,
-      chunksSent: this.chunksSent,
-      pending: this.queue.length,
-      finished: this.finished,
-      failed: this.failed,
-    };
-  }
-
-  /** Start recording a call that has an id: the microphone now, the agent when `addRemote` comes. */
+  /** Start recording a call that has an id (when the config's `recordCalls` allows and the browser
+   * can); returns whether it records. */
   begin({ callId, micStream, config = {}, log = null }) {
-    this.stop().catch(() => {});
-    this.reset();
+    this.current.stop().catch(() => {});
+    // Only the current call's recording drives the indicator (the previous one may still be uploading).
+    const recording = new Recording({ show: (on) => this.current === recording && this.#show(on) });
+    this.current = recording;
+    this.#show(false);
     if (!config.recordCalls) return false;
     if (!CallRecorder.supported()) {
       log?.log("Recording", "this browser cannot record WebM/Opus: the call is not recorded");
       return false;
     }
-    this.callId = callId;
-    this.config = config;
-    this.log = log;
-    this.context = new AudioContext();
-    this.context.resume().catch(() => {});
-    this.destination = this.context.createMediaStreamDestination();
-    if (micStream?.getAudioTracks().length) this.#mix(micStream);
-    this.recorder = new MediaRecorder(this.destination.stream, { mimeType: MIME_TYPE });
-    this.recorder.addEventListener("dataavailable", (event) => {
-      if (!event.data || event.data.size === 0) return;
-      this.queue.push({ start: this.produced, blob: event.data });
-      this.produced += event.data.size;
-      this.#pump();
-    });
-    this.startedAt = performance.now();
-    this.recorder.start(TIMESLICE_MS);
-    try {
-      sessionStorage.setItem(LEFTOVER_KEY, JSON.stringify({ callId, url: recordingUrl(config, callId) }));
-    } catch {}
-    this.#show(true);
-    log?.log("Recording", "on (microphone and agent, uploaded every 2 s)");
+    this.current.start({ callId, micStream, config, log });
     return true;
   }
 
-  /** Mix the agent's voice in (the remote stream of the call). */
   addRemote(stream) {
-    if (!this.context || !stream?.getAudioTracks().length) return;
-    this.#mix(stream);
+    this.current.addRemote(stream);
   }
 
-  /** Stop recording, upload what is left and finish the recording; resolves when done (or given
-   * up after `timeoutMs`). Idempotent. */
-  stop({ timeoutMs = 15000 } = {}) {
-    if (!this.recorder) return Promise.resolve();
-    this.stopping ??= this.#stop(timeoutMs);
-    return this.stopping;
+  stop(options) {
+    return this.current.stop(options);
   }
 
-  /** The page is going away: stop the recorder; what was uploaded stays, the rest is lost. */
   abandon() {
-    if (this.recorder?.state === "recording") this.recorder.stop();
-    this.#show(false);
+    this.current.abandon();
+  }
+
+  get state() {
+    return this.current.state;
   }
 
   /** On page load: finish the recording a previous page of this tab left unfinished (a reload or a
@@ -146,14 +94,105 @@ export class CallRecorder {
     return { callId: leftover.callId, size };
   }
 
+  #show(on) {
+    if (!this.indicator) return;
+    this.indicator.hidden = !on;
+    this.indicator.dataset.state = on ? "on" : "off";
+  }
+}
+
+/** One call's recording: MediaRecorder over the mixed stream, and its ordered, resumable upload. */
+class Recording {
+  constructor({ show }) {
+    this.show = show;
+    this.callId = null;
+    this.config = {};
+    this.log = null;
+    this.recorder = null;
+    this.context = null;
+    this.destination = null;
+    this.sources = [];
+    this.queue = []; // {start, blob}, in order
+    this.produced = 0; // bytes MediaRecorder gave us
+    this.serverSize = 0; // bytes the server holds
+    this.chunksSent = 0;
+    this.pumping = null;
+    this.stopping = null;
+    this.failed = null;
+    this.finished = false;
+    this.startedAt = 0;
+    this.stoppedAt = null;
+  }
+
+  /** What tests and devtools may look at. */
+  get state() {
+    return {
+      callId: this.callId,
+      recording: this.recorder?.state === "recording",
+      produced: this.produced,
+      uploaded: this.serverSize,
+      chunksSent: this.chunksSent,
+      wallSeconds: this.startedAt ? ((this.stoppedAt ?? performance.now()) - this.startedAt) / 1000 : 0,
+      pending: this.queue.length,
+      finished: this.finished,
+      failed: this.failed,
+    };
+  }
+
+  /** Record the microphone now, the agent when `addRemote` comes. */
+  start({ callId, micStream, config, log }) {
+    this.callId = callId;
+    this.config = config;
+    this.log = log;
+    this.context = new AudioContext();
+    this.context.resume().catch(() => {});
+    this.destination = this.context.createMediaStreamDestination();
+    if (micStream?.getAudioTracks().length) this.#mix(micStream);
+    this.recorder = new MediaRecorder(this.destination.stream, { mimeType: MIME_TYPE });
+    this.recorder.addEventListener("dataavailable", (event) => {
+      if (!event.data || event.data.size === 0) return;
+      this.queue.push({ start: this.produced, blob: event.data });
+      this.produced += event.data.size;
+      this.#pump();
+    });
+    this.startedAt = performance.now();
+    this.recorder.start(TIMESLICE_MS);
+    try {
+      sessionStorage.setItem(LEFTOVER_KEY, JSON.stringify({ callId, url: recordingUrl(config, callId) }));
+    } catch {}
+    this.show(true);
+    log?.log("Recording", "on (microphone and agent, uploaded every 2 s)");
+  }
+
+  /** Mix the agent's voice in (the remote stream of the call). */
+  addRemote(stream) {
+    if (!this.context || !stream?.getAudioTracks().length) return;
+    this.#mix(stream);
+  }
+
+  /** Stop recording, upload what is left and finish the recording; resolves when done (or given
+   * up after `timeoutMs`). Idempotent. */
+  stop({ timeoutMs = 15000 } = {}) {
+    if (!this.recorder) return Promise.resolve();
+    this.stopping ??= this.#stop(timeoutMs);
+    return this.stopping;
+  }
+
+  /** The page is going away: stop the recorder; what was uploaded stays, the rest is lost. */
+  abandon() {
+    if (this.recorder?.state === "recording") this.recorder.stop();
+    this.show(false);
+  }
+
   async #stop(timeoutMs) {
     const recorder = this.recorder;
+    this.stoppedAt = performance.now();
     if (recorder.state !== "inactive") {
       const stopped = new Promise((resolve) => recorder.addEventListener("stop", resolve, { once: true }));
       recorder.stop();
       await stopped;
     }
-    this.#show(false);
+    this.show(false);
     for (const source of this.sources) source.disconnect();
     this.context?.close().catch(() => {});
     const deadline = performance.now() + timeoutMs;
@@ -212,7 +251,7 @@ export class CallRecorder {
         const answer = await response.json().catch(() => ({}));
         this.failed = answer?.error?.message ?? `HTTP ${response.status}`;
         this.log?.error("Recording", `upload refused: ${this.failed}`);
-        this.#show(false);
+        this.show(false);
         if (this.recorder?.state === "recording") this.recorder.stop();
         return;
       }
@@ -230,11 +269,5 @@ export class CallRecorder {
       headers: { "Content-Type": MIME_TYPE, "X-CSRFToken": csrfToken(this.config) },
       body,
     });
-  }
-
-  #show(on) {
-    if (!this.indicator) return;
-    this.indicator.hidden = !on;
-    this.indicator.dataset.state = on ? "on" : "off";
   }
 }

@@ -71,17 +71,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
 
 
 def _add_staff_user(server: DemoServer, username: str, password: str) -> None:
-    """Another staff member, in the server's database (a separate process, like the seeding)."""
+    """Another staff member, in the server's database."""
+    _run_in_server(
+        server,
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_user({username!r}, password={password!r}, is_staff=True)",
+    )
+
+
+def _run_in_server(server: DemoServer, code: str) -> None:
+    """Run Python in a Django process on the server's database (a separate process, like the seeding)."""
     env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", "PYTEST_CURRENT_TEST"}}
     env.update(
         DATABASE_URL=f"sqlite:///{server.db_path}",
         DJANGO_SETTINGS_MODULE="voiceagent.settings",
         DEBUG="true",
         SECRET_KEY="demo-only-key-" + "x" * 40,
-    )
-    code = (
-        "from django.contrib.auth.models import User; "
-        f"User.objects.create_user({username!r}, password={password!r}, is_staff=True)"
     )
     subprocess.run(
         [sys.executable, str(REPO / "manage.py"), "shell", "-c", code],
@@ -110,6 +115,8 @@ def console(server: DemoServer, browser: Browser) -> Iterator[Page]:
 
     page.on("console", on_console)
     page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    # No noise suppression: it would take the steady test tone for noise and remove it.
+    page.add_init_script("window.voiceagentConsoleOptions = { audioProcessing: false };")
     sign_in(page, server)
     yield page
     page.context.close()
@@ -182,6 +189,19 @@ def player_facts(page: Page) -> dict[str, Any]:
     return facts
 
 
+def recorded_rms(webm: bytes) -> float:
+    """RMS level of a recording (decoded with PyAV, as the server's remux reads it)."""
+    import io
+
+    import av
+    import numpy as np
+
+    with av.open(io.BytesIO(webm), mode="r") as container:
+        samples = [frame.to_ndarray().astype(np.float64).ravel() for frame in container.decode(audio=0)]
+    pcm = np.concatenate(samples)
+    return float(np.sqrt(np.mean(pcm**2)))
+
+
 def call_seconds(server: DemoServer, call_id: str) -> float:
     """The call's duration as the call page shows it: answered to ended (created to ended when the
     observer never saw an event, so the call was not marked answered)."""
@@ -191,7 +211,12 @@ def call_seconds(server: DemoServer, call_id: str) -> float:
         call_id.replace("-", ""),
     )
     if answered is None:
-        print(f"\ncall {call_id} has no answered_at; measuring from created_at\n{server.log_tail(1500)}")
+        noted = [
+            line
+            for line in server.log_tail(200_000).splitlines()
+            if any(word in line for word in ("observer", "Traceback", "ERROR", "WARNING", "Error"))
+        ]
+        print(f"\ncall {call_id} has no answered_at; measuring from created_at\n" + "\n".join(noted[-30:]))
     start = datetime.fromisoformat(answered or created)
     return (datetime.fromisoformat(ended) - start).total_seconds()
 
@@ -215,13 +240,16 @@ def test_a_recorded_call_plays_back_on_the_call_page_with_the_calls_duration(
     (size, finished), *_ = query(
         server, "SELECT size, finished_at FROM calls_callrecording WHERE call_id = ?", uuid_hex
     )
-    assert finished is not None and size == recording_state(page)["uploaded"]
+    after = recording_state(page)
+    assert finished is not None and size == after["uploaded"]
+    wall = after["wallSeconds"]
 
     page.goto(server.url(f"/calls/{call_id}/"))
     facts = player_facts(page)
     print(
         f"\ncall {talked:.2f} s; recording {facts['duration']:.2f} s "
-        f"({100 * (facts['duration'] - talked) / talked:+.1f} %); {size} bytes"
+        f"({100 * (facts['duration'] - talked) / talked:+.1f} %; the browser recorded for {wall:.2f} s); "
+        f"{size} bytes"
     )
     assert abs(facts["duration"] - talked) <= 0.05 * talked, (facts, talked)
     assert facts["seekableEnd"] == pytest.approx(facts["duration"], rel=0.01)  # seekable to the end
@@ -232,6 +260,9 @@ def test_a_recorded_call_plays_back_on_the_call_page_with_the_calls_duration(
                a.currentTime = a.duration / 2; })"""
     )
     assert position == pytest.approx(facts["duration"] / 2, abs=0.5)
+
+    # The recording holds the microphone's tone: audio, not silence.
+    assert recorded_rms(page.request.get(server.url(f"/calls/{call_id}/recording")).body()) > 0.02
 
     # The admin's call page plays the same recording.
     page.goto(server.url(f"/admin/calls/call/{call_id}/change/"))
@@ -298,3 +329,35 @@ def test_another_user_can_neither_fetch_nor_upload_someone_elses_recording(
     anonymous = browser.new_context()
     assert anonymous.request.get(url).status == 401
     anonymous.close()
+
+
+def test_a_profile_with_recording_off_records_nothing_and_shows_no_indicator(
+    console: Page, server: DemoServer
+) -> None:
+    _run_in_server(
+        server, "from calls.models import AgentProfile; AgentProfile.objects.update(record_calls=False)"
+    )
+    try:
+        page = console
+        page.reload()
+        page.wait_for_selector("html[data-console-ready='true']")
+        page.click("#launch")
+        wait_until(
+            page, "() => window.voiceagentConsole.peerState === 'connected'", timeout_ms=CONNECT_TIMEOUT_MS
+        )
+        call_id = page.evaluate("window.voiceagentConsole.callId")
+        page.wait_for_timeout(3000)  # longer than a chunk: nothing may be uploaded meanwhile
+        expect(page.locator("[data-testid=recording-indicator]")).to_be_hidden()
+        assert recording_state(page)["callId"] is None
+        page.click("#end")
+        expect(page.locator("#status-text")).to_have_text("Idle")
+        head = page.request.head(server.url(f"/calls/{call_id}/recording"))
+        assert head.headers["x-recording-enabled"] == "false" and head.headers["upload-offset"] == "0"
+        assert (
+            query(server, "SELECT 1 FROM calls_callrecording WHERE call_id = ?", call_id.replace("-", ""))
+            == []
+        )
+    finally:
+        _run_in_server(
+            server, "from calls.models import AgentProfile; AgentProfile.objects.update(record_calls=True)"
+        )

@@ -434,3 +434,45 @@ def test_deleting_a_call_in_the_admin_deletes_its_recording_files(
     assert response.status_code == 302
     assert not Call.objects.filter(pk=call.pk).exists()
     assert not any(folder.rglob("*.webm"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_uploads_at_the_same_offset_append_once(webm: bytes) -> None:
+    """Retries racing each other (a slow answer, then the same chunk again): one wins, the others
+    learn the new size; the stream is never doubled."""
+    import threading
+
+    from django.db import connection
+
+    from calls.services.recordings import OffsetMismatch, append_chunk
+
+    if connection.vendor == "sqlite":
+        pytest.skip(
+            "the test database is in-memory shared-cache SQLite, which fails concurrent writers at once "
+            "instead of waiting (file SQLite waits its timeout); run with DATABASE_URL=postgres://…"
+        )
+    owner = StaffUserFactory.create()
+    racing = CallFactory.create(user=owner, status=Call.Status.ACTIVE, ended_at=None)
+    first, second = webm[:5000], webm[5000:10000]
+    append_chunk(call=racing, offset=0, data=first, content_type=WEBM)
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def upload() -> None:
+        try:
+            barrier.wait(timeout=10)
+            append_chunk(call=racing, offset=len(first), data=second, content_type=WEBM)
+            outcomes.append("appended")
+        except OffsetMismatch as exc:
+            outcomes.append(f"mismatch {exc.size}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=upload) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["appended"] + [f"mismatch {len(first) + len(second)}"] * 3
+    recording = CallRecording.objects.get(call=racing)
+    assert (recording.size, recording.chunk_count) == (len(first) + len(second), 2)
