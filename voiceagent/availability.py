@@ -1,4 +1,4 @@
-"""A clear 503 while the database cannot be reached, instead of a 500 page.
+"""A clear 503 while the database (or Redis) cannot be reached, instead of a 500 page.
 
 When PostgreSQL restarts or the pool has no connection to give within DB_POOL_TIMEOUT, Django raises
 `OperationalError`/`InterfaceError` from the view. That is an outage, not a bug: users (and load
@@ -14,6 +14,8 @@ from typing import Final
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,12 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_S: Final = 5
 MESSAGE: Final = (
     "The service is temporarily unavailable: its database cannot be reached. Try again in a few seconds."
+)
+#: Redis carries the rate-limit counters (the cache) and the channel layer: while it is down, what needs
+#: it is refused the same way (live calls go on: their observers write to PostgreSQL).
+REDIS_MESSAGE: Final = (
+    "The service is temporarily unavailable: its message broker cannot be reached. "
+    "Try again in a few seconds."
 )
 #: Paths whose clients read JSON errors (the API shape of calls.views.api.json_error).
 JSON_PREFIXES: Final = ("/rtc", "/api/", "/telephony/", "/readyz", "/metrics")
@@ -30,10 +38,15 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
     """Turns a database outage raised by a view into 503 + Retry-After."""
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, (OperationalError, InterfaceError)):
+        if isinstance(exception, (OperationalError, InterfaceError)):
+            what, message, code = "database", MESSAGE, "database_unavailable"
+        elif isinstance(exception, (RedisConnectionError, RedisTimeoutError)):
+            what, message, code = "Redis", REDIS_MESSAGE, "redis_unavailable"
+        else:
             return None
         logger.warning(
-            "database unavailable during %s %s: %s: %s",
+            "%s unavailable during %s %s: %s: %s",
+            what,
             request.method,
             request.path,
             type(exception).__name__,
@@ -42,12 +55,9 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
         response: HttpResponse
         wants_json = request.path.startswith(JSON_PREFIXES) or "json" in request.headers.get("Accept", "")
         if wants_json:
-            response = JsonResponse(
-                {"error": {"message": MESSAGE, "code": "database_unavailable"}},
-                status=503,
-            )
+            response = JsonResponse({"error": {"message": message, "code": code}}, status=503)
         else:
-            response = HttpResponse(MESSAGE, status=503, content_type="text/plain; charset=utf-8")
+            response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
         response["Retry-After"] = str(RETRY_AFTER_S)
         response["Cache-Control"] = "no-store"
         return response

@@ -28,6 +28,7 @@ from channels.layers import get_channel_layer
 from channels.worker import Worker
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from redis.exceptions import RedisError
 
 from calls.observer import lease as leases
 from calls.observer.dispatch import OBSERVER_CHANNEL
@@ -259,6 +260,23 @@ class EmbeddedWorker(Worker):  # type: ignore[misc]
             for scope_id in list(self.application_instances):
                 self.delete_application_instance(scope_id)
             await asyncio.gather(*listeners, *futures, return_exceptions=True)
+
+    async def listener(self, channel: str) -> None:
+        """Channels' listener, but a lost channel layer (Redis restarting) is waited out instead of
+        ending the worker: its observers go on writing to the database meanwhile, and the lease
+        scanner keeps attaching to unobserved calls. Retries with a capped back-off."""
+        delay = 0.5
+        while True:
+            try:
+                await super().listener(channel)
+            except (RedisError, OSError) as exc:
+                logger.warning(
+                    "channel layer unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            return
 
 
 def build_worker() -> Worker:

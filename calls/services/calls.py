@@ -20,6 +20,7 @@ from channels.exceptions import ChannelFull
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from calls.models import AgentProfile, Call
 from calls.observer.dispatch import ObserverUnavailableError, request_observation, request_stop
@@ -81,14 +82,16 @@ async def _observe(call: Call) -> None:
     """Ask the observer to watch `call`. A missing layer is logged, not fatal: the call itself works."""
     try:
         await request_observation(call.id)
-    except (ObserverUnavailableError, ChannelFull, OSError) as exc:
+    except (ObserverUnavailableError, ChannelFull, OSError, RedisError) as exc:
+        # RedisError: the channel layer is down. The call goes on; a worker's lease scanner attaches
+        # to live calls that nobody observes (docs/scaling.md).
         logger.warning("call %s: observer not reached (%s); no transcript will be recorded", call.id, exc)
 
 
 async def _stop_observing(call: Call, *, reason: str) -> None:
     try:
         await request_stop(call.id, reason=reason)
-    except (ObserverUnavailableError, ChannelFull, OSError) as exc:
+    except (ObserverUnavailableError, ChannelFull, OSError, RedisError) as exc:
         logger.warning("call %s: observer stop not delivered (%s)", call.id, exc)
 
 
