@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any, Final, TypeVar
@@ -147,3 +148,23 @@ class SecurityHeadersMiddleware(MiddlewareMixin):
         if "Permissions-Policy" not in response:
             response["Permissions-Policy"] = PERMISSIONS_POLICY
         return response
+
+
+class RedactCredentialsFilter(logging.Filter):
+    """Rewrites a log record whose text holds a credential (a configured key, a `Bearer …` token, or
+    anything key-shaped) with the credential replaced, before any handler sees it.
+
+    Attached in LOGGING to the loggers known to write credentials: websockets logs every handshake
+    header at DEBUG, our sideband `Authorization: Bearer <API key>` included (and the local engine's
+    server side logs the same header as received). The JSON formatter redacts its own lines too, but
+    the raw record also reaches every other handler (pytest's capture, an error tracker).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from calls.services.realtime_client import redact_credentials
+
+        text = record.getMessage()
+        clean = redact_credentials(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True

@@ -365,6 +365,13 @@ LOG_LEVEL: str = env.str("LOG_LEVEL", default="").strip().upper() or "INFO"
 # json: one JSON object per line (timestamp, level, logger, event, request_id, call_id); console: text.
 LOG_FORMAT: str = env.str("LOG_FORMAT", default="").strip().lower() or ("console" if DEBUG else "json")
 LOGGING: dict[str, Any] = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
+# websockets logs each handshake header at DEBUG, our sideband's `Authorization: Bearer <key>` included:
+# those records are rewritten without credentials before any handler sees them (voiceagent/security.py).
+LOGGING.setdefault("filters", {})["redact_credentials"] = {
+    "()": "voiceagent.security.RedactCredentialsFilter"
+}
+for _logger_name in ("websockets.client", "websockets.server"):
+    LOGGING.setdefault("loggers", {})[_logger_name] = {"filters": ["redact_credentials"]}
 configure_structlog()
 # /metrics answers 404 unless one of these is set; when both are, both must pass.
 METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")

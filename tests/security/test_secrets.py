@@ -31,19 +31,22 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+import voiceagent.asgi  # noqa: F401  (its django.setup() re-applies LOGGING: import it before capturing)
+from calls.observer.worker import run_embedded_worker
 from realtime_local.webhooks import sign
 from tests.engine.conftest import RunningEngine, StartEngine, make_offer, start_engine
 from tests.factories import CallFactory, SipCallFactory, StaffUserFactory, WebhookDeliveryFactory
 from tests.web.conftest import (
     FakeUpstream,
     Respond,
+    channel_layer,
     close_async_orm_connections,
     default_agent,
     fake_upstream,
     point_settings_at,
 )
 
-__all__ = ["close_async_orm_connections", "default_agent", "fake_upstream", "start_engine"]
+__all__ = ["channel_layer", "close_async_orm_connections", "default_agent", "fake_upstream", "start_engine"]
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -144,7 +147,6 @@ def planted(settings: SettingsWrapper) -> None:
     settings.METRICS_TOKEN = METRICS_TOKEN
     settings.TELEPHONY_MAX_CONCURRENT_CALLS = None
     settings.TELEPHONY_BUSINESS_HOURS = ""
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 async def signed_in(user: User) -> AsyncClient:
@@ -172,7 +174,9 @@ def webhook_body(call_id: str) -> bytes:
     ).encode()
 
 
-async def run_engine_flows(seen: Seen, engine: RunningEngine, staff: User, superuser: User) -> None:
+async def run_engine_flows(
+    seen: Seen, logs: Capture, engine: RunningEngine, staff: User, superuser: User
+) -> None:
     """Set-up, hang-up, client secret, webhooks (bad, good), pages: against the real local engine."""
     client = await signed_in(staff)
     created = seen.add(
@@ -180,6 +184,7 @@ async def run_engine_flows(seen: Seen, engine: RunningEngine, staff: User, super
     )
     assert created.status_code == 201, created.content
     call_id = created["Location"].rsplit("/", 1)[-1]
+    await observed(logs, call_id)
     seen.add(
         "POST hang-up", await client.post(f"/rtc/{call_id}/hangup", headers={"Origin": "http://testserver"})
     )
@@ -223,6 +228,16 @@ async def run_engine_flows(seen: Seen, engine: RunningEngine, staff: User, super
 
     await wait_for_answers(grace_s=10)
     await run_page_flows(seen, client, await signed_in(superuser))
+
+
+async def observed(logs: Capture, call_id: str) -> None:
+    """Wait until the observer worker has opened the call's sideband (with our key in its handshake)."""
+    for _ in range(300):
+        if any(call_id in line and "observing provider call" in line for line in logs.lines):
+            await asyncio.sleep(0.5)  # the handshake follows the log line
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the observer never attached to the call")
 
 
 async def run_page_flows(seen: Seen, staff: AsyncClient, admin: AsyncClient) -> None:
@@ -322,15 +337,20 @@ async def test_planted_secrets_never_appear_in_responses_or_logs(
     fake_upstream: Callable[[Respond], Awaitable[FakeUpstream]],
     settings: SettingsWrapper,
     capfd: pytest.CaptureFixture[str],
+    channel_layer: Any,
 ) -> None:
     seen = Seen()
     staff = await sync_to_async(StaffUserFactory.create)()
     superuser = await sync_to_async(StaffUserFactory.create)(is_superuser=True)
     with all_logs_at_debug() as logs:
+        # The observer worker as `serve` embeds it: it opens each call's sideband with our key.
+        worker = asyncio.create_task(run_embedded_worker())
         engine = await start_engine(api_key=API_KEY)
         point_settings_at(settings, base_url=engine.base_url, api_key=API_KEY)
-        await run_engine_flows(seen, engine, staff, superuser)
+        await run_engine_flows(seen, logs, engine, staff, superuser)
         await run_failing_upstream_flows(seen, fake_upstream, settings, staff)
+        worker.cancel()
+        await asyncio.wait([worker], timeout=15)
     out, err = capfd.readouterr()
 
     found = leaks(seen.responses) + leaks([("log", line) for line in logs.lines])
@@ -339,6 +359,7 @@ async def test_planted_secrets_never_appear_in_responses_or_logs(
     # The flows did run (and logged): a silent run would prove nothing.
     assert len(seen.responses) > 40
     assert any("refused" in line or "failed" in line for line in logs.lines)
+    assert any("Authorization" in line for line in logs.lines), "the sideband handshake was not logged"
 
 
 # --- error pages -----------------------------------------------------------------------------------
@@ -347,7 +368,11 @@ async def test_planted_secrets_never_appear_in_responses_or_logs(
 @pytest.mark.usefixtures("planted")
 @pytest.mark.parametrize("debug", [False, True], ids=["DEBUG off", "DEBUG on (debug page)"])
 async def test_error_pages_show_no_secret(
-    debug: bool, transactional_db: None, settings: SettingsWrapper, capfd: pytest.CaptureFixture[str]
+    debug: bool,
+    transactional_db: None,
+    settings: SettingsWrapper,
+    capfd: pytest.CaptureFixture[str],
+    channel_layer: Any,
 ) -> None:
     """A crashing view's 500 (and 404s): the production page, and Django's debug page, which lists
     the settings: ours are named so that its filter masks them (…KEY, …SECRET, …TOKEN)."""
