@@ -216,7 +216,13 @@ def call_seconds(server: DemoServer, call_id: str) -> float:
             for line in server.log_tail(200_000).splitlines()
             if any(word in line for word in ("observer", "Traceback", "ERROR", "WARNING", "Error"))
         ]
-        print(f"\ncall {call_id} has no answered_at; measuring from created_at\n" + "\n".join(noted[-30:]))
+        (events,), *_ = query(
+            server, "SELECT count(*) FROM calls_event WHERE call_id = ?", call_id.replace("-", "")
+        )
+        print(
+            f"\ncall {call_id} has no answered_at ({events} events stored); measuring from created_at\n"
+            + "\n".join(noted[-30:])
+        )
     start = datetime.fromisoformat(answered or created)
     return (datetime.fromisoformat(ended) - start).total_seconds()
 

@@ -77,5 +77,5 @@ def test_the_detail_page_query_count_is_bounded(
         TranscriptTurnFactory.create(call=call)
         ToolInvocationFactory.create(call=call)
         Event.objects.create(call=call, sequence=n + 1, type="input_audio_buffer.speech_stopped")
-    with django_assert_max_num_queries(7):  # session, user, call, turns, tools, latency events
+    with django_assert_max_num_queries(8):  # session, user, call, turns, tools, latency events, recording
         staff_client.get(f"/calls/{call.pk}/")
