@@ -424,11 +424,15 @@ def chromium(*, fake_microphone: Path | None = None, extra_args: Sequence[str] =
             browser.close()
 
 
-def new_page(browser: Browser) -> Page:
+def new_page(browser: Browser, *, bypass_csp: bool = True) -> Page:
+    """A page in a fresh context. `bypass_csp`: Playwright's `wait_for_function` evaluates its
+    predicate with eval in the page, which our Content-Security-Policy (no 'unsafe-eval') refuses;
+    tests/security/test_csp_e2e.py checks the pages under the policy with `bypass_csp=False`."""
     context = browser.new_context(
         viewport={"width": VIEWPORT_WIDTH, "height": VIEWPORT_HEIGHT},
         color_scheme="dark",
         device_scale_factor=1,
+        bypass_csp=bypass_csp,
     )
     context.set_default_timeout(15_000)
     return context.new_page()
