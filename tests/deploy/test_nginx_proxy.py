@@ -303,14 +303,16 @@ def test_a_browser_call_through_nginx_over_https_gets_its_live_feed_over_an_upgr
     assert re.search(rf'"GET /ws/calls/{call_id}/ HTTP/1\.1" 101 ', access), access[-2000:]
 
 
-def _incoming_call_body() -> bytes:
+def incoming_call_body(
+    *, event_type: str = "realtime.call.incoming", call_id: str = "rtc_through_nginx_0001"
+) -> bytes:
     event = {
         "object": "event",
-        "id": "evt_through_nginx",
-        "type": "realtime.call.incoming",
+        "id": "evt_through_proxy",
+        "type": event_type,
         "created_at": int(time.time()),
         "data": {
-            "call_id": "rtc_through_nginx_0001",
+            "call_id": call_id,
             "sip_headers": [
                 {"name": "From", "value": "<sip:+15550104242@example.test>;tag=é-ünicode"},
                 {"name": "To", "value": "<sip:+15550100000@example.test>"},
@@ -321,7 +323,7 @@ def _incoming_call_body() -> bytes:
     return json.dumps(event, indent=1, ensure_ascii=False).encode() + b"\r\n"
 
 
-def _svix_headers(body: bytes, webhook_id: str) -> dict[str, str]:
+def svix_headers(body: bytes, webhook_id: str) -> dict[str, str]:
     now = dt.datetime.now(tz=dt.UTC)
     signature = Webhook(WEBHOOK_SECRET).sign(webhook_id, now, body.decode())
     return {
@@ -335,10 +337,10 @@ def _svix_headers(body: bytes, webhook_id: str) -> dict[str, str]:
 def test_a_signed_webhook_passes_through_nginx_with_its_signature_intact(
     app: DemoServer, proxy: Proxy
 ) -> None:
-    body = _incoming_call_body()
+    body = incoming_call_body()
     with httpx.Client(verify=False, timeout=10) as client:
         response = client.post(
-            f"{proxy.https_url}/telephony/webhook", content=body, headers=_svix_headers(body, "msg_nginx_1")
+            f"{proxy.https_url}/telephony/webhook", content=body, headers=svix_headers(body, "msg_nginx_1")
         )
     assert response.status_code == 200, response.text
     assert response.json() == {"outcome": "accepted"}
@@ -350,20 +352,20 @@ def test_a_signed_webhook_passes_through_nginx_with_its_signature_intact(
 
 def test_a_chunked_webhook_is_passed_through_whole(app: DemoServer, proxy: Proxy) -> None:
     """A body sent without Content-Length (chunked) reaches Django as the same bytes."""
-    body = _incoming_call_body().replace(b"rtc_through_nginx_0001", b"rtc_through_nginx_0002")
+    body = incoming_call_body(call_id="rtc_through_nginx_0002")
     with httpx.Client(verify=False, timeout=10) as client:
         response = client.post(
             f"{proxy.https_url}/telephony/webhook",
             content=iter([body[:50], body[50:]]),
-            headers=_svix_headers(body, "msg_nginx_2"),
+            headers=svix_headers(body, "msg_nginx_2"),
         )
     assert response.status_code == 200, response.text
     assert response.json() == {"outcome": "accepted"}
 
 
 def test_a_webhook_altered_on_the_way_is_refused_through_nginx(proxy: Proxy) -> None:
-    body = _incoming_call_body()
-    headers = _svix_headers(body, "msg_nginx_3")
+    body = incoming_call_body()
+    headers = svix_headers(body, "msg_nginx_3")
     with httpx.Client(verify=False, timeout=10) as client:
         response = client.post(
             f"{proxy.https_url}/telephony/webhook", content=body.replace(b"4242", b"4243"), headers=headers
