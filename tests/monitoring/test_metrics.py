@@ -219,3 +219,22 @@ def test_counters_of_several_processes_add_up_in_multiprocess_mode(tmp_path: Pat
     web = generate_latest(_scrape_registry(str(shared), True)).decode()
     assert labelled_total(web, SETUPS, {"transport": "proxy", "outcome": "ok"}) == 2
     assert labelled_total(web, LIVE, {"source": "web"}) == 0 and f"{LIVE}{{" in web
+
+
+@pytest.mark.usefixtures("default_agent")
+async def test_a_rate_limited_set_up_is_counted_as_such(
+    local_engine: RunningEngine, sign_in_async: SignIn, scrape: ScrapeNow, settings: Any
+) -> None:
+    settings.RTC_RATE_LIMIT = "1/m"
+    staff = await sign_in_async()
+    before = await scrape()
+
+    first = await staff.client.post("/rtc", data=await make_offer(), content_type="application/sdp")
+    second = await staff.client.post("/rtc", data=await make_offer(), content_type="application/sdp")
+    assert (first.status_code, second.status_code) == (201, 429)
+    after = await scrape()
+
+    for outcome in ("ok", "rate_limited"):
+        assert after(SETUPS, transport="proxy", outcome=outcome) == (
+            before(SETUPS, transport="proxy", outcome=outcome) + 1
+        )

@@ -122,11 +122,12 @@ def _never_raises(hook: Callable[P, None]) -> Callable[P, None]:
 def setup_outcome(exc: BaseException) -> str:
     """The `outcome` label of a set-up that raised `exc` (typed errors of the call services)."""
     from calls.services.calls import CallAlreadyRegistered, CallSetupError
+    from calls.services.ratelimit import RateLimited
     from calls.services.realtime_client import InvalidProviderCallId, RealtimeError, RealtimeTimeout
 
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
-    if type(exc).__name__ == "RateLimited":
+    if isinstance(exc, RateLimited):
         return "rate_limited"
     if isinstance(exc, CallAlreadyRegistered):
         return "conflict"
