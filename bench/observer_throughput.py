@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import sys
@@ -278,7 +279,10 @@ class FakeApi:
     async def tick_forever(self) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        while not self.ended:
+        while True:
+            if self.ended:
+                await asyncio.sleep(TICK_S)
+                continue
             now = time.time()
             stamp = f'"event_{int(now * 1e6)}_'
             count = 0
@@ -329,6 +333,7 @@ async def worker_main() -> None:
     if writers:
         _write_in_parallel(writers)
 
+    tag = os.environ.get("BENCH_TAG", "bench")
     agent = await AgentProfile.objects.filter(is_default=True).afirst()
     assert agent is not None
     agent.max_call_duration = 24 * 3600
@@ -342,7 +347,7 @@ async def worker_main() -> None:
             calls = [
                 Call(
                     id=uuid.uuid4(),
-                    provider_call_id=f"rtc_bench{made + index:06d}",
+                    provider_call_id=f"rtc_{tag}{made + index:06d}",
                     mode=Call.Mode.AUDIO,
                     agent=agent,
                     status=Call.Status.ACTIVE,
@@ -425,7 +430,6 @@ async def run(options: argparse.Namespace) -> int:
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{db_name}"')
     api = FakeApi()
-    worker: asyncio.subprocess.Process | None = None
     code = 0
     try:
         env = {
@@ -438,9 +442,6 @@ async def run(options: argparse.Namespace) -> int:
         }
         if options.redis:
             env["REDIS_URL"] = options.redis
-        if options.writers:
-            env["BENCH_OBSERVER_WRITERS"] = str(options.writers)
-            env["DB_POOL_MAX"] = str(options.writers + 2)
         migrate = await asyncio.create_subprocess_exec(
             sys.executable,
             str(REPO / "manage.py"),
@@ -463,24 +464,63 @@ async def run(options: argparse.Namespace) -> int:
         env["REALTIME_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
         env["REALTIME_API_KEY"] = "sk-bench"
         ticker = asyncio.create_task(api.tick_forever())
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.observer_throughput",
-            "--worker",
-            env=env,
-            cwd=REPO,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert worker.stdin is not None and worker.stdout is not None
-        rss_idle = 0.0
+        if options.compare_writers:
+            # Interleaved A/B: at each K a fresh worker per variant, the variant that goes first alternating.
+            variants = [("stock", 0), (f"writers{options.compare_writers}", options.compare_writers)]
+            for index, k in enumerate(options.steps):
+                for label, writers in variants if index % 2 == 0 else variants[::-1]:
+                    code |= await session(
+                        api, db, env, [k], label=f"{label}.", writers=writers, options=options
+                    )
+        else:
+            code = await session(
+                api, db, env, options.steps, label="", writers=options.writers, options=options
+            )
+        ticker.cancel()
+        server.close()
+        await db.close()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    return code
+
+
+async def session(
+    api: FakeApi,
+    db: Any,
+    env: dict[str, str],
+    steps: list[int],
+    *,
+    label: str,
+    writers: int,
+    options: argparse.Namespace,
+) -> int:
+    """One worker process through `steps` (calls added up to each K), then every call ended upstream,
+    the worker drained, and its calls' events counted. Lines are prefixed `observer.<label>`."""
+    tag = f"b{random.randrange(10**6):06d}"
+    env = {**env, "BENCH_TAG": tag}
+    if writers:
+        env["BENCH_OBSERVER_WRITERS"] = str(writers)
+        env["DB_POOL_MAX"] = str(writers + 2)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.observer_throughput",
+        "--worker",
+        env=env,
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    name = f"observer.{label}"
+    try:
         await asyncio.sleep(3)
         rss_idle = proc_rss_mb(worker.pid)
-        print(f"observer.worker_rss_0_calls: {rss_idle:.1f} MB")
+        print(f"{name}worker_rss_0_calls: {rss_idle:.1f} MB")
         current = 0
         crossed: int | None = None
-        for k in options.steps:
+        for k in steps:
             worker.stdin.write(f"add {k - current}\n".encode())
             await worker.stdin.drain()
             assert (await worker.stdout.readline()).strip() == b"ok"
@@ -489,18 +529,20 @@ async def run(options: argparse.Namespace) -> int:
             while len(api.open) < k and time.monotonic() < deadline:  # noqa: ASYNC110 (a bounded poll)
                 await asyncio.sleep(0.1)
             await asyncio.sleep(options.warm_s)
-            profile_this = options.profile is not None and k == options.steps[-1]
-            with py_spy(worker.pid, options.profile if profile_this else None, f"observer_k{k}"):
+            profile_this = options.profile is not None and k == steps[-1]
+            with py_spy(worker.pid, options.profile if profile_this else None, f"observer_{label}k{k}"):
                 cpu0, t0 = proc_cpu_s(worker.pid), time.time()
                 await asyncio.sleep(options.measure_s)
                 cpu1, t1 = proc_cpu_s(worker.pid), time.time()
             rss = proc_rss_mb(worker.pid)
             sent = api.sent_between(t0, t1)
             await asyncio.sleep(2.0)
-            cursor = await db.execute(LATENCY_SQL, (t0, t1))
-            row = await cursor.fetchone()
+            row = await (await db.execute(LATENCY_SQL, (t0, t1))).fetchone()
             assert row is not None
-            stored, (p50, p95, p99), (r50, r99), _boundaries, (b50, b99) = row
+            stored = row[0]
+            p50, p95, p99 = row[1] or (math.inf,) * 3
+            r50, r99 = row[2] or (math.inf,) * 2
+            b50, b99 = row[4] or (math.inf,) * 2
             stored_rate = await (
                 await db.execute(
                     "SELECT count(*) FROM calls_event WHERE bench_stored_at >= to_timestamp(%s) "
@@ -511,55 +553,58 @@ async def run(options: argparse.Namespace) -> int:
             assert stored_rate is not None
             late = sent - stored
             if late > 0.01 * sent:  # more than 1% not stored after 2 s: the tail is beyond that
-                p99 = float("inf")
+                p99 = math.inf
             cpu = (cpu1 - cpu0) / (t1 - t0)
-            print(f"observer.k{k}.calls_connected: {len(api.open)} calls")
-            print(f"observer.k{k}.events_sent_per_s: {sent / (t1 - t0):.0f} events/s")
-            print(f"observer.k{k}.events_stored_per_s: {stored_rate[0] / (t1 - t0):.0f} events/s")
-            print(f"observer.k{k}.latency_p50: {p50 * 1000:.0f} ms")
-            print(f"observer.k{k}.latency_p95: {p95 * 1000:.0f} ms")
-            print(f"observer.k{k}.latency_p99: {p99 * 1000:.0f} ms")
-            print(f"observer.k{k}.boundary_latency_p50: {b50 * 1000:.0f} ms")
-            print(f"observer.k{k}.boundary_latency_p99: {b99 * 1000:.0f} ms")
-            print(f"observer.k{k}.received_latency_p50: {r50 * 1000:.0f} ms")
-            print(f"observer.k{k}.received_latency_p99: {r99 * 1000:.0f} ms")
-            print(f"observer.k{k}.late_after_2s: {max(0, late)} events")
-            print(f"observer.k{k}.worker_cpu: {cpu * 100:.0f} %")
-            print(f"observer.k{k}.worker_cpu_per_call: {cpu * 1000 / k:.2f} ms/s")
-            print(f"observer.k{k}.worker_rss: {rss:.0f} MB")
-            print(f"observer.k{k}.rss_per_call: {(rss - rss_idle) / k * 1024:.0f} KB")
-            print(f"machine.k{k}.load_average: {os.getloadavg()[0]:.2f}", flush=True)
+            at = f"{name}k{k}."
+            print(f"{at}calls_connected: {len(api.open)} calls")
+            print(f"{at}events_sent_per_s: {sent / (t1 - t0):.0f} events/s")
+            print(f"{at}events_stored_per_s: {stored_rate[0] / (t1 - t0):.0f} events/s")
+            print(f"{at}latency_p50: {p50 * 1000:.0f} ms")
+            print(f"{at}latency_p95: {p95 * 1000:.0f} ms")
+            print(f"{at}latency_p99: {p99 * 1000:.0f} ms")
+            print(f"{at}boundary_latency_p50: {b50 * 1000:.0f} ms")
+            print(f"{at}boundary_latency_p99: {b99 * 1000:.0f} ms")
+            print(f"{at}received_latency_p50: {r50 * 1000:.0f} ms")
+            print(f"{at}received_latency_p99: {r99 * 1000:.0f} ms")
+            print(f"{at}late_after_2s: {max(0, late)} events")
+            print(f"{at}worker_cpu: {cpu * 100:.0f} %")
+            print(f"{at}worker_cpu_per_call: {cpu * 1000 / k:.2f} ms/s")
+            print(f"{at}worker_rss: {rss:.0f} MB")
+            print(f"{at}rss_per_call: {(rss - rss_idle) / k * 1024:.0f} KB")
+            print(f"machine.{label}k{k}.load_average: {os.getloadavg()[0]:.2f}", flush=True)
             if crossed is None and p99 * 1000 > 250:
                 crossed = k
             if late > 0.1 * sent:  # the worker is past what it can store: larger K says nothing more
-                print(f"observer.stopped_after: {k} calls (over 10% of the events late)")
+                print(f"{name}stopped_after: {k} calls (over 10% of the events late)")
                 break
-        print(f"observer.p99_over_250ms_at: {crossed if crossed is not None else 'none'} calls")
+        if len(steps) > 1:
+            print(f"{name}p99_over_250ms_at: {crossed if crossed is not None else 'none'} calls")
         await api.end()
-        ticker.cancel()
         worker.stdin.write(b"drain\n")
         await worker.stdin.drain()
         drained = (await asyncio.wait_for(worker.stdout.readline(), 180)).decode().strip()
-        total_sent = sum(api.sent_by_call.values())
+        total_sent = sum(count for call, count in api.sent_by_call.items() if call.startswith(f"rtc_{tag}"))
         row = await (
-            await db.execute("SELECT count(*) FROM calls_event WHERE payload->>'event_id' LIKE 'event\\_%%'")
+            await db.execute(
+                "SELECT count(*) FROM calls_event e JOIN calls_call c ON c.id = e.call_id "
+                "WHERE c.provider_call_id LIKE %s AND e.payload->>'event_id' LIKE 'event\\_%%'",
+                (f"rtc_{tag}%",),
+            )
         ).fetchone()
         assert row is not None
-        print(f"observer.events_sent_total: {total_sent} events")
-        print(f"observer.events_stored_total: {row[0]} events")
-        print(f"observer.lost: {total_sent - row[0]} events")
+        print(f"{name}events_sent_total: {total_sent} events")
+        print(f"{name}events_stored_total: {row[0]} events")
+        print(f"{name}lost: {total_sent - row[0]} events", flush=True)
+        await worker.wait()
+        api.ended = False
         if drained != "drained 0" or total_sent != row[0]:
             print(f"# worker: {drained}", file=sys.stderr)
-            code = 1
-        await worker.wait()
-        server.close()
-        await db.close()
+            return 1
+        return 0
     finally:
-        if worker is not None and worker.returncode is None:
+        if worker.returncode is None:
             worker.kill()
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-    return code
+            await worker.wait()
 
 
 def main() -> int:
@@ -574,6 +619,12 @@ def main() -> int:
         type=int,
         default=0,
         help="compare: the observer's writes on this many threads (patched in)",
+    )
+    parser.add_argument(
+        "--compare-writers",
+        type=int,
+        default=0,
+        help="A/B at each K: a fresh stock worker and one with the writes on this many threads",
     )
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

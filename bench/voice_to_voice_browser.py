@@ -239,6 +239,8 @@ def analyse(
         if heard is None or any(value is None for value in marks.values()):
             continue
         stopped, created, added, started = (float(marks[name] or 0) for name in marks)
+        if not stopped <= created <= added <= started <= heard:  # events of another turn (a lagging engine)
+            continue
         turns.append(
             {
                 "voice_to_voice": (heard - end) * 1000,
@@ -294,7 +296,15 @@ async def run(options: argparse.Namespace) -> int:
             page = await browser.new_page()
             await page.goto(f"{url}?threshold={THRESHOLD}")
             with py_spy(os.getpid(), options.profile, "engine"):
-                await asyncio.sleep(duration + 3)
+                await asyncio.sleep(duration)
+                # A loaded machine answers late: wait until no event came for 5 s (60 s at most).
+                deadline, count = time.monotonic() + 60, -1
+                while time.monotonic() < deadline:
+                    now = await page.evaluate("window.events.length")
+                    if now == count:
+                        break
+                    count = now
+                    await asyncio.sleep(5)
             state = await page.evaluate("window.state")
             onsets = await page.evaluate("window.onsets")
             events = await page.evaluate("window.events")
