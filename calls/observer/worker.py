@@ -17,6 +17,7 @@ that another worker takes the calls over at its next scan instead of after the T
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,7 @@ class ObserverPool:
         #: Set while shutting down: no new call is taken.
         self.closing = False
         self._heartbeat: asyncio.Task[None] | None = None
+        self._scan_wake: asyncio.Event | None = None
 
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._observers
@@ -135,12 +137,26 @@ class ObserverPool:
     async def scan_forever(self) -> None:
         """The lease scanner: runs until cancelled; database trouble is retried at the next scan."""
         interval = float(settings.OBSERVER_LEASE_SCAN_S)
+        self._scan_wake = asyncio.Event()
         while not self.closing:
             try:
                 await self.scan_once()
             except DatabaseError:
                 logger.exception("lease scan failed; retrying")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scan_wake.wait(), interval)
+
+    async def stop_scanning(self, scanner: asyncio.Task[None]) -> None:
+        """Shutdown: no more claims. The scan in progress is let finish (a claim cancelled half-way
+        would leave leases that nobody observes nor releases until they expire); what it claims
+        now is released at once, since `closing` is set."""
+        self.closing = True
+        if self._scan_wake is not None:
+            self._scan_wake.set()
+        await asyncio.wait([scanner], timeout=5.0)
+        if not scanner.done():
+            scanner.cancel()
+        await asyncio.gather(scanner, return_exceptions=True)
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
@@ -307,7 +323,5 @@ async def run_embedded_worker() -> None:
     try:
         await worker.arun()
     finally:
-        pool.closing = True
-        scanner.cancel()
-        await asyncio.gather(scanner, return_exceptions=True)
+        await pool.stop_scanning(scanner)
         await pool.aclose()
