@@ -326,12 +326,13 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS: bool = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS"
 SECURE_HSTS_PRELOAD: bool = env.bool("SECURE_HSTS_PRELOAD", default=False)
 SILENCED_SYSTEM_CHECKS: list[str] = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 # Per-user limits (calls/services/ratelimit.py): "N/s|m|h|d" (e.g. "30/m", "100/5m") or "off".
-RTC_RATE_LIMIT: str = env.str("RTC_RATE_LIMIT", default="30/m")
-CLIENT_SECRET_RATE_LIMIT: str = env.str("CLIENT_SECRET_RATE_LIMIT", default="10/m")
+# Empty (as .env.example leaves them) means the default; only "off" disables a limit.
+RTC_RATE_LIMIT: str = env.str("RTC_RATE_LIMIT", default="").strip() or "30/m"
+CLIENT_SECRET_RATE_LIMIT: str = env.str("CLIENT_SECRET_RATE_LIMIT", default="").strip() or "10/m"
 # Largest request body of views without a cap of their own (admin forms, login), in bytes. The API
 # views declare smaller ones (voiceagent.security.body_cap): SDP offer 64 KiB, JSON 4 KiB, hang-ups 1 KiB,
 # webhook TELEPHONY_WEBHOOK_MAX_BYTES.
-DATA_UPLOAD_MAX_MEMORY_SIZE: int = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE: int = _optional_positive_int("DATA_UPLOAD_MAX_MEMORY_SIZE") or 1024 * 1024
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
