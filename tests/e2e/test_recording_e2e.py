@@ -267,6 +267,26 @@ def test_a_recorded_call_plays_back_on_the_call_page_with_the_calls_duration(
     )
     assert position == pytest.approx(facts["duration"] / 2, abs=0.5)
 
+    # A transcript turn links to its time in the recording; clicking it seeks the player there.
+    _run_in_server(
+        server,
+        "import datetime as dt; from calls.models import CallRecording, TranscriptTurn; "
+        f"r = CallRecording.objects.get(call_id='{call_id}'); "
+        "TranscriptTurn.objects.create(call_id=r.call_id, item_id='item_e2e_seek', role='user', "
+        "text='Seek here.', started_at=r.started_at + dt.timedelta(seconds=5))",
+    )
+    page.reload()
+    player_facts(page)
+    link = page.locator("[data-testid=transcript] a[data-seek]").first
+    expect(link).to_have_text("▶ 0:05")
+    link.click()
+    wait_until(
+        page,
+        """() => { const t = document.querySelector('audio[data-recording]').currentTime;
+                   return t >= 4.9 && t < 9; }""",
+        timeout_ms=15_000,
+    )
+
     # The recording holds the microphone's tone: audio, not silence.
     assert recorded_rms(page.request.get(server.url(f"/calls/{call_id}/recording")).body()) > 0.02
 
