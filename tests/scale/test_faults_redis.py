@@ -10,11 +10,13 @@ observed through the channel layer again.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.scale.cluster import Cluster, wait_until
 from tests.scale.helpers import (
@@ -91,3 +93,30 @@ def test_redis_restart_gives_503s_keeps_calls_observed_and_everyone_reconnects(
 
         assert all(proc.alive for proc in cluster.processes), cluster.log_report()
         assert all(proc.starts == 1 for proc in cluster.processes)
+
+
+def test_an_observe_start_lost_with_redis_is_picked_up_by_the_lease_scanner(
+    redis_server: ThrowawayRedis, tmp_path: Path
+) -> None:
+    """The set-up's `observe.start` waits in Redis for a worker (paused here), then Redis dies with it.
+    Nobody will ever receive that message: the worker's lease scanner, which reads live calls from
+    PostgreSQL, attaches to the unobserved call once it runs again."""
+    env = {"REDIS_SOCKET_TIMEOUT": "6"}
+    with Cluster(web=1, workers=1, redis_url=redis_server.url, env=env, log_dir=tmp_path / "logs") as cluster:
+        session = staff_session(cluster)
+        worker = cluster.worker_procs[0]
+        worker.signal(signal.SIGSTOP)
+        try:
+            created = post_offer(cluster.web_urls[0], session, make_offer())
+            assert created.status_code == 201, created.text
+            call_id = created.headers["Location"].removeprefix("/rtc/")
+            queued = redis.Redis.from_url(redis_server.url).keys(f"{cluster.redis_prefix}*")
+            assert queued, "the observe.start message should be waiting in Redis"
+            redis_server.stop()  # the message is lost with it
+            redis_server.start()
+            assert not redis.Redis.from_url(redis_server.url).keys(f"{cluster.redis_prefix}*")
+        finally:
+            worker.signal(signal.SIGCONT)
+        wait_until(lambda: observer_connected(cluster, call_id), timeout_s=60, what="the lost call observed")
+        assert "took over the observation" in worker.log_text()
+        assert worker.alive and worker.starts == 1
