@@ -194,10 +194,12 @@ def _https_findings() -> list[Finding]:
 
 
 def _django_deployment_checks() -> list[Finding]:
-    """Django's system checks with its deployment checks (`check --deploy`), minus those replaced above."""
+    """Django's system checks with its deployment checks (`check --deploy`), minus those replaced above
+    and those SILENCED_SYSTEM_CHECKS silences (as `check` does)."""
     findings = []
     for message in django_checks.run_checks(include_deployment_checks=True):
-        if message.id in REPLACED_DJANGO_CHECKS or message.level < django_checks.WARNING:
+        replaced = message.id in REPLACED_DJANGO_CHECKS
+        if replaced or message.is_silenced() or message.level < django_checks.WARNING:
             continue
         level: Level = "error" if message.is_serious() else "warning"
         findings.append(
