@@ -301,6 +301,11 @@ def test_a_browser_call_through_nginx_over_https_gets_its_live_feed_over_an_upgr
     # nginx logged the upgrade: 101 Switching Protocols on the live feed's path.
     access = proxy.access_log.read_text()
     assert re.search(rf'"GET /ws/calls/{call_id}/ HTTP/1\.1" 101 ', access), access[-2000:]
+    # The console's recording chunks (when the agent profile records) went through the recording
+    # location (streamed to daphne) and were all stored.
+    chunks = re.findall(rf'"POST /calls/{call_id}/recording\?\S* HTTP/[0-9.]+" (\d+) ', access)
+    assert all(status == "200" for status in chunks), chunks
+    print(f"recording chunks through nginx: {len(chunks)}")
 
 
 def incoming_call_body(
