@@ -61,14 +61,15 @@ def engine_incoming_call(cluster: Cluster) -> str:
     return str(response.json()["call_id"])
 
 
-def phone_call(cluster: Cluster, *, web_index: int = 0, observed_within_s: float = 30.0) -> PhoneCall:
-    """An incoming call delivered to web `web_index`, accepted, and observed by a worker (its sideband
-    is open: the call is active in our database)."""
+def phone_call(
+    cluster: Cluster, *, web_index: int = 0, web_url: str | None = None, observed_within_s: float = 30.0
+) -> PhoneCall:
+    """An incoming call delivered to web `web_index` (or to `web_url`), accepted, and observed by a
+    worker (its sideband is open: the call is active in our database)."""
     provider_call_id = engine_incoming_call(cluster)
     body, headers = signed_webhook(cluster, provider_call_id)
-    response = httpx.post(
-        f"{cluster.web_urls[web_index]}/telephony/webhook", content=body, headers=headers, timeout=30
-    )
+    base = web_url or cluster.web_urls[web_index]
+    response = httpx.post(f"{base}/telephony/webhook", content=body, headers=headers, timeout=30)
     assert response.status_code == 200 and response.json().get("outcome") == "accepted", response.text
     rows = wait_until(
         lambda: cluster.sql(
