@@ -38,7 +38,6 @@ CADDY = "/usr/bin/caddy"
 SHIPPED = Path(__file__).resolve().parent.parent.parent / "deploy" / "Caddyfile"
 
 pytestmark = [
-    pytest.mark.e2e,
     pytest.mark.timeout(240),
     pytest.mark.skipif(not Path(CADDY).exists(), reason="Caddy is not installed (apt-get install caddy)"),
 ]
