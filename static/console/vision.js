@@ -12,6 +12,9 @@
 // not sent again. A frame must fit the channel's largest message (the engine takes 256 KiB): quality,
 // then size, go down until it does.
 //
+// Each frame sent is announced with a `voiceagent-vision-frame` DOM event on `document` (detail: at,
+// speaking, width, height, bytes), for tests and devtools.
+//
 // Settings, later ones winning: DEFAULTS, the page config's `vision` object, `data-vision-*` attributes
 // of the preview element (`data-vision-speaking-ms`, `-idle-ms`, `-max-side`, `-quality`,
 // `-change-threshold`), and `window.voiceagentConsoleOptions.vision`.
@@ -181,6 +184,12 @@ export class FrameSampler {
     this.lastSentAt = performance.now();
     this.stats.sent++;
     this.stats.lastBytes = url.length;
+    // For tests and devtools: one DOM event per frame sent (when, at which rate, how big).
+    document.dispatchEvent(
+      new CustomEvent("voiceagent-vision-frame", {
+        detail: { at: performance.now(), speaking: this.speaking, width: this.stats.lastWidth, height: this.stats.lastHeight, bytes: url.length },
+      }),
+    );
     if (this.stats.sent === 1) {
       this.log?.log("Vision", `sending frames (${this.stats.lastWidth}x${this.stats.lastHeight}, ${Math.round(url.length / 1024)} KB)`);
     }
