@@ -58,7 +58,14 @@ class Proxy:
 
 
 def render_shipped_config(
-    *, upstream_port: int, http_port: int, https_port: int, cert: Path, key: Path, acme_root: Path
+    *,
+    upstream_port: int,
+    http_port: int,
+    https_port: int,
+    cert: Path,
+    key: Path,
+    acme_root: Path,
+    access_log: Path,
 ) -> str:
     """The shipped server blocks with this test's ports and paths (IPv6 listeners dropped: loopback v4)."""
     text = SHIPPED.read_text()
@@ -71,6 +78,7 @@ def render_shipped_config(
         ("/etc/letsencrypt/live/voiceagent.example.com/fullchain.pem", str(cert), 1),
         ("/etc/letsencrypt/live/voiceagent.example.com/privkey.pem", str(key), 1),
         ("root /var/www/letsencrypt;", f"root {acme_root};", 1),
+        ("/var/log/nginx/voiceagent.access.log", str(access_log), 1),
     ]
     for old, new, count in substitutions:
         assert text.count(old) == count, f"the shipped nginx config no longer contains {old!r}"
@@ -163,6 +171,7 @@ def proxy(app: DemoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             cert=cert,
             key=key,
             acme_root=acme,
+            access_log=prefix / "access.log",
         )
     )
     conf = prefix / "nginx.conf"
@@ -406,3 +415,22 @@ def test_a_forged_forwarded_proto_from_the_client_is_replaced_by_nginx(proxy: Pr
     assert "csrfmiddlewaretoken" in answer.text
     # HTTPS=true: Django sends HSTS on what it sees as https (and does not redirect it again).
     assert answer.headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_metrics_are_not_served_through_the_public_proxy(proxy: Proxy) -> None:
+    """/metrics is scraped on the app's loopback port; through nginx every peer would be the proxy."""
+    with httpx.Client(verify=False, timeout=10) as client:
+        response = client.get(f"{proxy.https_url}/metrics", headers={"Authorization": "Bearer anything"})
+    assert response.status_code == 404
+
+
+def test_one_request_id_in_nginx_log_and_django_response(proxy: Proxy) -> None:
+    """nginx's $request_id becomes Django's request id: the response echoes it, the access log has it."""
+    with httpx.Client(verify=False, timeout=10) as client:
+        response = client.get(f"{proxy.https_url}/healthz", headers={"X-Request-ID": "client-chosen"})
+    request_id = response.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+    deadline = time.monotonic() + 5  # nginx writes the line once the response has gone out
+    while f"rid={request_id}" not in proxy.access_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"rid={request_id}" in proxy.access_log.read_text()
