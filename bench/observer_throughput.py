@@ -594,7 +594,12 @@ async def session(
         assert row is not None
         print(f"{name}events_sent_total: {total_sent} events")
         print(f"{name}events_stored_total: {row[0]} events")
-        print(f"{name}lost: {total_sent - row[0]} events", flush=True)
+        if drained == "drained 0":
+            print(f"{name}lost: {total_sent - row[0]} events", flush=True)
+        else:  # observers still writing their backlog 120 s after the calls ended
+            print(
+                f"{name}unstored_at_stop: {total_sent - row[0]} events ({drained} observers busy)", flush=True
+            )
         await worker.wait()
         api.ended = False
         if drained != "drained 0" or total_sent != row[0]:
