@@ -17,6 +17,7 @@ const TIMESLICE_MS = 2000;
 const URL_TEMPLATE = "/calls/{id}/recording";
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 const LEFTOVER_KEY = "voiceagent.recording";
+const KEEPALIVE_MAX_BYTES = 48 * 1024;
 /** Statuses after which retrying cannot help: recording off, too large, not ours, not WebM. */
 const FATAL = new Set([400, 401, 403, 404, 413, 415]);
 
@@ -268,6 +269,9 @@ class Recording {
       credentials: "same-origin",
       headers: { "Content-Type": MIME_TYPE, "X-CSRFToken": csrfToken(this.config) },
       body,
+      // A chunk posted as the page goes away (reload, tab closed) still reaches the server; browsers
+      // allow ~64 KiB of such requests in flight, more than a 2 s chunk.
+      keepalive: body.size < KEEPALIVE_MAX_BYTES,
     });
   }
 }
