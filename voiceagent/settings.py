@@ -114,6 +114,25 @@ def _optional_positive_int(name: str) -> int | None:
     return int(raw)
 
 
+def _number(name: str, default: float, kind: type[int] | type[float] = int) -> Any:
+    """A non-negative number variable; unset or empty (as .env.example leaves it) means `default`."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number."
+        ) from None
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={raw!r} must not be negative.")
+    return value
+
+
+# Seconds SIGTERM lets `serve` finish the requests in flight before it stops (docs/scaling.md).
+SERVE_SHUTDOWN_GRACE: float = _number("SERVE_SHUTDOWN_GRACE", 20.0, float)
+
 # --- Phone calls (docs/telephony.md) ------------------------------------------------------------
 if not OPENAI_SIGNING_SECRET and USES_LOCAL_ENGINE:
     OPENAI_SIGNING_SECRET = _development_signing_secret()
@@ -198,7 +217,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # thread, so they pile up or leak; Django's docs say to disable them under ASGI and use the
     # backend's pool. Connections are checked when taken from the pool, so a PostgreSQL restart costs
     # the requests in flight during the outage, not every pooled connection afterwards.
-    DB_POOL: bool = env.bool("DB_POOL", default=True)
+    DB_POOL: bool = env.str("DB_POOL", default="").strip().lower() not in ("false", "0", "no", "off")
     # With a pool, CONN_HEALTH_CHECKS makes Django pass psycopg_pool's check_connection (a cheap
     # round trip when a connection is taken from the pool); without one, it re-checks a persistent
     # connection before reuse.
@@ -206,17 +225,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     if DB_POOL:
         DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool: it manages the lifetime
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-            "min_size": env.int("DB_POOL_MIN", default=2),
-            "max_size": env.int("DB_POOL_MAX", default=10),
+            "min_size": _number("DB_POOL_MIN", 2),
+            "max_size": _number("DB_POOL_MAX", 10),
             # Seconds a request waits for a connection before failing with OperationalError (503 to
             # the user, voiceagent/availability.py). Long enough for a burst of set-ups to queue for
             # the pool (bench/load.py), short enough that users hear of an outage within seconds.
-            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+            "timeout": _number("DB_POOL_TIMEOUT", 10.0, float),
         }
     else:
-        DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+        DATABASES["default"]["CONN_MAX_AGE"] = _number("CONN_MAX_AGE", 0)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
+        "connect_timeout", _number("DB_CONNECT_TIMEOUT", 5)
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -224,15 +243,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL: str = env.str("REDIS_URL", default="")
 # Namespace of every key this deployment writes in Redis (channel layer and cache), so that several
 # deployments (or test runs) can share one Redis server and database.
-REDIS_KEY_PREFIX: str = env.str("REDIS_KEY_PREFIX", default="voiceagent")
+REDIS_KEY_PREFIX: str = env.str("REDIS_KEY_PREFIX", default="").strip() or "voiceagent"
 # Messages a channel may hold before a send fails with ChannelFull. The observer's channel receives one
 # `observe.start` per call set-up: channels_redis's default (100) would refuse a burst of set-ups.
-CHANNEL_LAYER_CAPACITY: int = env.int("CHANNEL_LAYER_CAPACITY", default=2000)
+CHANNEL_LAYER_CAPACITY: int = _number("CHANNEL_LAYER_CAPACITY", 2000)
 # Seconds an undelivered message lives in Redis (channels_redis's default is 60).
-CHANNEL_LAYER_EXPIRY: int = env.int("CHANNEL_LAYER_EXPIRY", default=60)
+CHANNEL_LAYER_EXPIRY: int = _number("CHANNEL_LAYER_EXPIRY", 60)
 # Seconds a Redis read may take before the connection counts as dead (must exceed channels_redis's
 # 5 s blocking receive; a Redis that stopped answering is noticed after this long).
-REDIS_SOCKET_TIMEOUT: float = env.float("REDIS_SOCKET_TIMEOUT", default=15.0)
+REDIS_SOCKET_TIMEOUT: float = _number("REDIS_SOCKET_TIMEOUT", 15.0, float)
 CHANNEL_LAYERS: dict[str, Any] = (
     {
         "default": {

@@ -235,7 +235,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--shutdown-grace",
             type=float,
-            default=float(os.environ.get("SERVE_SHUTDOWN_GRACE", "20")),
+            default=settings.SERVE_SHUTDOWN_GRACE,
             help="Seconds SIGTERM waits for requests in flight (default $SERVE_SHUTDOWN_GRACE or 20).",
         )
         parser.add_argument(
