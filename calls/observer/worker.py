@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -283,9 +284,12 @@ class EmbeddedWorker(Worker):  # type: ignore[misc]
         scanner keeps attaching to unobserved calls. Retries with a capped back-off."""
         delay = 0.5
         while True:
+            started = time.monotonic()
             try:
                 await super().listener(channel)
             except (RedisError, OSError) as exc:
+                if time.monotonic() - started > 30:
+                    delay = 0.5  # it had worked for a while: a new outage starts the back-off anew
                 logger.warning(
                     "channel layer unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
                 )
