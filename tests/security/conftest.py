@@ -10,11 +10,14 @@ Roles, as the authorization table names them:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -67,3 +70,12 @@ def cast(db: None) -> Cast:
 def fresh_channel_layer(settings: SettingsWrapper) -> None:
     """An in-memory channel layer of this test (readyz makes a round trip through it)."""
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(autouse=True)
+async def close_async_orm_connections() -> AsyncIterator[None]:
+    """Close the connections that ORM calls made in asgiref's worker threads (WebSocket consumers,
+    the ASGI application): nothing else closes them, and PostgreSQL then refuses to drop the test
+    database at the end of the session."""
+    yield
+    await sync_to_async(connections.close_all)()

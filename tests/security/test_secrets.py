@@ -351,6 +351,12 @@ async def test_planted_secrets_never_appear_in_responses_or_logs(
         await run_failing_upstream_flows(seen, fake_upstream, settings, staff)
         worker.cancel()
         await asyncio.wait([worker], timeout=15)
+        # The worker's lease thread keeps its own database connection open: close it too.
+        from django.db import connections
+
+        from calls.observer.worker import _lease_executor
+
+        await asyncio.get_running_loop().run_in_executor(_lease_executor, connections.close_all)
     out, err = capfd.readouterr()
 
     found = leaks(seen.responses) + leaks([("log", line) for line in logs.lines])
