@@ -361,7 +361,7 @@ async def worker_main() -> None:
                 pool.start(call.id, max_attempts=2, backoff_initial=0.2)
             print("ok", flush=True)
         elif command == "drain":
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 60
             while len(pool) and time.monotonic() < deadline:  # noqa: ASYNC110 (polls another module's pool)
                 await asyncio.sleep(0.2)
             print(f"drained {len(pool)}", flush=True)
@@ -596,7 +596,7 @@ async def session(
         print(f"{name}events_stored_total: {row[0]} events")
         if drained == "drained 0":
             print(f"{name}lost: {total_sent - row[0]} events", flush=True)
-        else:  # observers still writing their backlog 120 s after the calls ended
+        else:  # observers still writing their backlog 60 s after the calls ended
             print(
                 f"{name}unstored_at_stop: {total_sent - row[0]} events ({drained} observers busy)", flush=True
             )
