@@ -329,10 +329,6 @@ async def worker_main() -> None:
     from calls.models import AgentProfile, Call
     from calls.observer.worker import pool
 
-    writers = int(os.environ.get("BENCH_OBSERVER_WRITERS", "0"))
-    if writers:
-        _write_in_parallel(writers)
-
     tag = os.environ.get("BENCH_TAG", "bench")
     agent = await AgentProfile.objects.filter(is_default=True).afirst()
     assert agent is not None
@@ -366,25 +362,6 @@ async def worker_main() -> None:
                 await asyncio.sleep(0.2)
             print(f"drained {len(pool)}", flush=True)
             return
-
-
-def _write_in_parallel(writers: int) -> None:
-    """The candidate fix, patched in for a comparison run: the observer's batch writes run on a pool of
-    `writers` threads (each with its own pooled connection) instead of Channels' one shared thread
-    (`database_sync_to_async` is thread-sensitive), so calls' flushes no longer queue behind each
-    other. A call's own flushes stay ordered (its flush lock)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from channels.db import DatabaseSyncToAsync
-
-    from calls.observer import observer
-
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(writers, thread_name_prefix="db"))
-
-    def unshared(function: Any) -> Any:
-        return DatabaseSyncToAsync(function, thread_sensitive=False)
-
-    observer.database_sync_to_async = unshared  # type: ignore[attr-defined]
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
@@ -466,7 +443,7 @@ async def run(options: argparse.Namespace) -> int:
         ticker = asyncio.create_task(api.tick_forever())
         if options.compare_writers:
             # Interleaved A/B: at each K a fresh worker per variant, the variant that goes first alternating.
-            variants = [("stock", 0), (f"writers{options.compare_writers}", options.compare_writers)]
+            variants = [("shared", 1), (f"writers{options.compare_writers}", options.compare_writers)]
             for index, k in enumerate(options.steps):
                 for label, writers in variants if index % 2 == 0 else variants[::-1]:
                     code |= await session(
@@ -500,8 +477,10 @@ async def session(
     tag = f"b{random.randrange(10**6):06d}"
     env = {**env, "BENCH_TAG": tag}
     if writers:
-        env["BENCH_OBSERVER_WRITERS"] = str(writers)
-        env["DB_POOL_MAX"] = str(writers + 2)
+        # OBSERVER_DB_WRITERS=1 is the shared thread (Channels' thread-sensitive default, the code
+        # before calls/observer/writers.py); N > 1 writes different calls' batches on N threads.
+        env["OBSERVER_DB_WRITERS"] = str(writers)
+        env["DB_POOL_MAX"] = str(writers + 4)
     worker = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -623,13 +602,14 @@ def main() -> int:
         "--writers",
         type=int,
         default=0,
-        help="compare: the observer's writes on this many threads (patched in)",
+        help="the observer's batch writes on this many threads (OBSERVER_DB_WRITERS; 1 = one shared "
+        "thread; default: the setting's default)",
     )
     parser.add_argument(
         "--compare-writers",
         type=int,
         default=0,
-        help="A/B at each K: a fresh stock worker and one with the writes on this many threads",
+        help="A/B at each K: a fresh worker writing on one shared thread and one on this many threads",
     )
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -287,6 +287,9 @@ OBSERVER_LEASE_SCAN_S: float = env.float("OBSERVER_LEASE_SCAN_S", default=0.5)
 # `manage.py observe` on PostgreSQL: the server ends a worker session idle inside a transaction this
 # long (a frozen worker must not keep its lease rows locked: takeover would wait for it).
 OBSERVER_DB_IDLE_TX_TIMEOUT_S: float = env.float("OBSERVER_DB_IDLE_TX_TIMEOUT_S", default=2.0)
+# Threads (each with its own pooled connection) that write the observers' batches on PostgreSQL; keep
+# it below DB_POOL_MAX. SQLite has one writer at a time: there all writes share one thread.
+OBSERVER_DB_WRITERS: int = env.int("OBSERVER_DB_WRITERS", default=6)
 # Django's cache: shared through Redis when REDIS_URL is set (rate limits must count across web
 # processes), process-local memory otherwise (development, one process).
 CACHES: dict[str, Any] = {

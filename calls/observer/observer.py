@@ -46,6 +46,7 @@ from calls.observer.lease import LeaseLost, LeaseToken
 from calls.observer.publish import publish_events, publish_status
 from calls.observer.tools import ToolRunner
 from calls.observer.transcript import TranscriptAssembler
+from calls.observer.writers import batch_writer
 from voiceagent.monitoring.logs import bind_call_id
 
 logger = logging.getLogger(__name__)
@@ -552,7 +553,7 @@ class CallObserver:
                 return
             token = self.lease
             try:
-                result = await database_sync_to_async(store.write_batch)(
+                result = await batch_writer(store.write_batch)(
                     call_id=self.call_id,
                     events=events,
                     turns=turns,
