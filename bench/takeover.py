@@ -1,9 +1,11 @@
-"""Observer takeover: SIGKILL the worker holding most of 20 live calls; how fast is each call
-observed again, and is any event lost after the takeover?
+"""Observer takeover: SIGKILL the worker holding 20 live calls; how fast is each call observed
+again, and is any event lost after the takeover?
 
 Set-up (tests/scale/cluster.py, loopback only): the local engine (no speech) with its sent-event log
 on, 2 web processes (`serve --no-engine --no-observer`), 2 observer workers (`manage.py observe`),
 a fresh PostgreSQL database and a Redis key prefix on the machine's servers (both removed after).
+By default the second worker starts once the first holds every call, so the victim holds all of them
+(`--spread`: both workers run from the start and share the calls; the one holding most is the victim).
 The calls arrive as signed SIP webhooks at a web process, which accepts them and asks a worker to
 observe them; a driver sideband per call says something every `--interval` seconds (~15 events per
 answer). After `--warm` seconds the worker holding most leases is SIGKILLed (or SIGSTOPped, then
@@ -48,6 +50,9 @@ def main() -> int:
     parser.add_argument("--after", type=float, default=5.0, help="seconds of talk after the takeover")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between a call's turns")
     parser.add_argument("--stop", action="store_true", help="SIGSTOP (then SIGCONT) instead of SIGKILL")
+    parser.add_argument(
+        "--spread", action="store_true", help="both workers from the start (they share the calls)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the processes' logs and the engine's event log here")
     args = parser.parse_args()
     if not 1 <= args.calls <= 200:
@@ -59,7 +64,7 @@ def main() -> int:
         where = args.keep or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
         event_log = where / "engine-events.jsonl"
-        cluster = Cluster(web=2, workers=2, log_dir=where / "logs")
+        cluster = Cluster(web=2, workers=2 if args.spread else 1, log_dir=where / "logs")
         prepare(cluster, event_log)
         with cluster:
             route_webhooks(cluster)
@@ -73,6 +78,7 @@ def main() -> int:
                     warm_s=args.warm,
                     after_s=args.after,
                     interval_s=args.interval,
+                    spare_worker=not args.spread,
                 )
             )
             print(f"victim: {result.victim} ({how.name}) holding {result.victim_calls} calls")

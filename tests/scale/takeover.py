@@ -290,10 +290,16 @@ async def run_takeover(
     after_s: float = 4.0,
     interval_s: float = 1.5,
     takeover_timeout_s: float = 30.0,
+    spare_worker: bool = False,
 ) -> TakeoverResult:
     """Open `calls` live calls, keep them talking, stop the worker holding most of them (SIGKILL, or
-    SIGSTOP then SIGCONT once its calls were taken over), keep talking, then compare."""
+    SIGSTOP then SIGCONT once its calls were taken over), keep talking, then compare.
+
+    `spare_worker`: the cluster starts with one worker, which takes every call; a second worker is
+    added once they are all held, so the victim holds all `calls` and the spare takes them all over."""
     provider_ids = await open_calls(cluster, calls)
+    if spare_worker:
+        await asyncio.to_thread(cluster.add_worker)
     drivers = Drivers(cluster, provider_ids, interval_s=interval_s)
     drivers.start()
     try:
