@@ -276,6 +276,10 @@ class CallObserver:
                     await connection.close()
                     continue
                 self.connections += 1
+                # The API let us attach to the call: it is up (a web call's SDP was answered, a phone
+                # call accepted). Not "at the first event": a quiet call may send none for a while,
+                # and what it sent before we attached (session.created) is not replayed.
+                self._mark_answered(timezone.now())
                 received = await self._serve_connection(connection, attempt)
                 if self._stopping.is_set():
                     return Outcome.STOPPED
@@ -327,6 +331,14 @@ class CallObserver:
                 counter[0] += 1
                 await self._receive(message, connection)
 
+    def _mark_answered(self, at: dt.datetime) -> None:
+        """The call is up: it becomes active (written with the next flush) and the duration guard
+        starts counting. Once per call: a resumed call keeps the time it was answered."""
+        if self._activate_at is None and self._answered_at is None:
+            self._activate_at = at
+            self._answered_at = at
+            self._answered.set()
+
     async def _greet_phone_caller(self, connection: ClientConnection) -> None:
         """A phone caller hears nothing until the agent speaks: on the first connection to a phone
         call not answered before (not a resumed one), ask for the first response (the greeting)."""
@@ -346,10 +358,7 @@ class CallObserver:
         event_type = payload.get("type")
         stored_type = event_type[:100] if isinstance(event_type, str) and event_type else MALFORMED_EVENT
         self._append(stored_type, payload, at)
-        if self._activate_at is None and self._answered_at is None:
-            self._activate_at = at
-            self._answered_at = at
-            self._answered.set()
+        self._mark_answered(at)
         if self.tools is not None:
             self.tools.on_event(payload)  # starts tasks for function calls; never waits on a tool
         if self._repairing:

@@ -3,6 +3,7 @@ and over streamable HTTP (a subprocess on a loopback port)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
@@ -83,7 +84,10 @@ async def test_is_error_results_become_failed_tool_outputs(spec: ServerSpec) -> 
 
 
 async def test_a_slow_tool_times_out_and_the_session_goes_on() -> None:
-    connection = await connect(stdio_spec(timeout_s=1.0))
+    # Started with room to spare (a loaded machine may take over a second to start the server), then
+    # the server's timeout is what bounds each call.
+    connection = await connect(stdio_spec(timeout_s=10.0))
+    connection.spec = dataclasses.replace(connection.spec, timeout_s=1.0)
     try:
         tools = {tool.name: tool for tool in connection.offered_tools()}
         slow = await tools["weather__slow"].invoke('{"seconds": 30}', context=context())
