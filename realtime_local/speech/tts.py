@@ -46,6 +46,21 @@ def split_for_speech(text: str) -> list[str]:
     return pieces
 
 
+#: The quiet kept before the first audible sample of a reply (a hard cut would click).
+_LEAD_IN_MS = 10
+#: Amplitude (int16) that counts as audible when trimming a reply's quiet start.
+_AUDIBLE = 300
+
+
+def trim_lead_in(pcm: Pcm16, sample_rate: int) -> Pcm16:
+    """`pcm` without its quiet start but `_LEAD_IN_MS`: Piper starts each utterance with ~30 ms of
+    near-silence, which a caller only hears as latency when it is the first audio of a reply."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > _AUDIBLE)
+    if not len(loud):
+        return pcm
+    return pcm[max(0, int(loud[0]) - sample_rate * _LEAD_IN_MS // 1000) :]
+
+
 def resample(pcm: Pcm16, from_rate: int, to_rate: int) -> Pcm16:
     """Mono int16 resampling with libswresample (PyAV), for tests and the benchmark."""
     if from_rate == to_rate or len(pcm) == 0:
@@ -106,11 +121,15 @@ class PiperSynthesizer:
             noise_scale=self._noise_scale,
             noise_w_scale=self._noise_scale,
         )
+        first = True
         for piece in split_for_speech(text):
             with self._lock:
                 chunks = [
                     chunk.audio_int16_array.reshape(-1) for chunk in self._voice.synthesize(piece, config)
                 ]
+            if first and chunks:  # the reply's first audio: its quiet start is pure latency
+                chunks[0] = trim_lead_in(chunks[0], self.sample_rate)
+                first = False
             yield from chunks
 
 

@@ -8,7 +8,13 @@ import pytest
 from realtime_local.speech import weights
 from realtime_local.speech.base import INPUT_SAMPLE_RATE
 from realtime_local.speech.stack import SpeechStack
-from realtime_local.speech.tts import EspeakSynthesizer, PiperSynthesizer, resample, split_for_speech
+from realtime_local.speech.tts import (
+    EspeakSynthesizer,
+    PiperSynthesizer,
+    resample,
+    split_for_speech,
+    trim_lead_in,
+)
 
 from .conftest import words
 
@@ -79,3 +85,11 @@ def test_piper_renders_the_same_text_the_same_way_unless_variation_is_asked_for(
     varied = PiperSynthesizer(*weights.piper_voice_paths(), threads=1, variation=True)
     renderings = {np.concatenate(list(varied.synthesize(text))).tobytes() for _ in range(3)}
     assert len(renderings) > 1
+
+
+def test_the_quiet_start_of_a_reply_is_cut_to_10_ms() -> None:
+    rate = 22050
+    quiet, voice = np.zeros(rate * 30 // 1000, dtype=np.int16), np.full(rate // 10, 5000, dtype=np.int16)
+    trimmed = trim_lead_in(np.concatenate([quiet, voice]), rate)
+    assert len(trimmed) == len(voice) + rate * 10 // 1000
+    assert np.array_equal(trim_lead_in(quiet, rate), quiet)  # nothing audible: left alone
