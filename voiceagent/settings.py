@@ -9,6 +9,7 @@ used, never at import time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -396,6 +397,9 @@ LOGGING.setdefault("filters", {})["redact_credentials"] = {
 for _logger_name in ("websockets.client", "websockets.server"):
     LOGGING.setdefault("loggers", {})[_logger_name] = {"filters": ["redact_credentials"]}
 configure_structlog()
+# Python's warnings (a library's UserWarning, a deprecation) go through the same handler as log
+# records, so every line a process writes is in LOG_FORMAT (one JSON object per line in production).
+logging.captureWarnings(True)
 # /metrics answers 404 unless one of these is set; when both are, both must pass.
 METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = [

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.worker import Worker
 from django.conf import settings
@@ -36,6 +37,7 @@ from calls.observer import lease as leases
 from calls.observer.dispatch import OBSERVER_CHANNEL
 from calls.observer.lease import LeaseToken
 from calls.observer.observer import CallObserver
+from calls.observer.writers import single_writer_database
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -224,7 +226,14 @@ _lease_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="observer
 
 async def lease_call(func: Callable[..., T], *args: Any) -> T:
     """Run a `calls.observer.lease` function on the lease thread (connections checked like
-    `database_sync_to_async` does: a broken one is replaced, a pooled one returned)."""
+    `database_sync_to_async` does: a broken one is replaced, a pooled one returned).
+
+    SQLite (development, tests: one process) admits one writer at a time, and its shared in-memory
+    test database fails a second writer at once instead of waiting: there lease operations take the
+    same shared thread as every other write (calls.observer.writers)."""
+    if single_writer_database():
+        result: T = await database_sync_to_async(func)(*args)
+        return result
 
     def run() -> T:
         close_old_connections()

@@ -36,9 +36,15 @@ def _writer_pool() -> ThreadPoolExecutor:
         return _executor
 
 
+def single_writer_database() -> bool:
+    """SQLite: one writer at a time (and its shared in-memory test database fails a second one at
+    once instead of waiting), so every write of the process goes through one thread."""
+    return connections["default"].vendor == "sqlite"
+
+
 def concurrent_writes() -> bool:
     """Whether batches of different calls may be written at the same time (not on SQLite)."""
-    return connections["default"].vendor != "sqlite" and int(settings.OBSERVER_DB_WRITERS) > 1
+    return not single_writer_database() and int(settings.OBSERVER_DB_WRITERS) > 1
 
 
 def batch_writer(func: Callable[..., _T]) -> Callable[..., Any]:

@@ -10,12 +10,12 @@ Roles, as the authorization table names them:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync
 from django.contrib.auth.models import User
 from django.db import connections
 from django.test import Client
@@ -73,9 +73,12 @@ def fresh_channel_layer(settings: SettingsWrapper) -> None:
 
 
 @pytest.fixture(autouse=True)
-async def close_async_orm_connections() -> AsyncIterator[None]:
+def close_async_orm_connections(request: pytest.FixtureRequest) -> Iterator[None]:
     """Close the connections that ORM calls made in asgiref's worker threads (WebSocket consumers,
     the ASGI application): nothing else closes them, and PostgreSQL then refuses to drop the test
-    database at the end of the session."""
+    database at the end of the session. A sync fixture: a browser test's Playwright runs an event
+    loop in this thread, where an async fixture could not start (and such tests use no ORM here)."""
     yield
-    await sync_to_async(connections.close_all)()
+    if request.node.get_closest_marker("e2e") is None:
+        # Where thread-sensitive sync_to_async calls run outside any async_to_sync (asgiref).
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
