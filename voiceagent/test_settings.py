@@ -10,3 +10,8 @@ from voiceagent.settings import *  # noqa: F403
 # pooled connection), unless a run sets DB_POOL_TIMEOUT itself.
 if "pool" in DATABASES["default"].get("OPTIONS", {}) and "DB_POOL_TIMEOUT" not in os.environ:  # noqa: F405
     DATABASES["default"]["OPTIONS"]["pool"]["timeout"] = 2.5  # noqa: F405
+# The suite runs many threads that keep a pooled connection while they live (asgiref's executors, the
+# observers' lease and writer threads, tests' own threads); production's 10 is too few for all of them
+# at once in one process, and a test waiting 2.5 s for a connection then fails for want of a slot.
+if "pool" in DATABASES["default"].get("OPTIONS", {}) and "DB_POOL_MAX" not in os.environ:  # noqa: F405
+    DATABASES["default"]["OPTIONS"]["pool"]["max_size"] = 30  # noqa: F405
