@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +37,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from realtime_local.webhooks import event_envelope, new_webhook_event_id, sign  # noqa: E402
 from tests.scale.cluster import ENGINE_API_KEY, Cluster  # noqa: E402
+from tests.scale.helpers import signed_webhook  # noqa: E402
 
 
 @dataclass
@@ -145,21 +143,9 @@ async def deliver_webhook(
                 False, created.status, 0.0, f"engine refused the incoming call: {await created.text()}"
             )
         provider_call_id = str((await created.json())["call_id"])
-    data = {
-        "call_id": provider_call_id,
-        "sip_headers": [
-            {"name": "From", "value": f"<sip:+1555{index:07d}@realtime.local>;tag={uuid.uuid4().hex[:10]}"},
-            {"name": "To", "value": "<sip:+15550000001@realtime.local>"},
-            {"name": "Call-ID", "value": f"{uuid.uuid4().hex}@realtime.local"},
-        ],
-    }
-    event_id = new_webhook_event_id()
-    body = json.dumps(
-        event_envelope(event_id=event_id, event_type="realtime.call.incoming", data=data)
-    ).encode()
+    # Signed before the burst starts (svix accepts a timestamp up to 5 minutes old).
+    body, headers = signed_webhook(cluster, provider_call_id, caller=f"+1555{index:07d}")
     await start.wait()
-    headers = sign(secret=cluster.signing_secret, webhook_id=event_id, timestamp=int(time.time()), body=body)
-    headers["Content-Type"] = "application/json"
     began = time.perf_counter()
     try:
         async with http.post(f"{base_url}/telephony/webhook", data=body, headers=headers) as response:
