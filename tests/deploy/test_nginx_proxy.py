@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 import wave
@@ -36,6 +35,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, WebSocket, expect
 from svix.webhooks import Webhook
 
 from scripts.screenshots import DemoServer, chromium, demo_server, free_port, new_page, sign_in
+from tests.e2e.console import wait_for_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -223,22 +223,6 @@ def silence_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def browser(silence_wav: Path) -> Iterator[Browser]:
     with chromium(fake_microphone=silence_wav, extra_args=["--ignore-certificate-errors"]) as launched:
         yield launched
-
-
-def query(app: DemoServer, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    assert app.db_path is not None
-    with sqlite3.connect(f"file:{app.db_path}?mode=ro", uri=True, timeout=10) as connection:
-        return connection.execute(sql, params).fetchall()
-
-
-def wait_for_rows(app: DemoServer, sql: str, *params: Any, timeout_s: float = 30.0) -> list[tuple[Any, ...]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rows = query(app, sql, *params)
-        if rows:
-            return rows
-        time.sleep(0.25)
-    raise AssertionError(f"no rows for {sql} {params} within {timeout_s} s\n{app.log_tail()}")
 
 
 def state_of(page: Page) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from scripts.screenshots import REPO, DemoServer, chromium, demo_server, new_page, sign_in
+from tests.e2e.console import open_call_console, query, wait_for_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -105,41 +105,8 @@ def browser(tone_wav: Path) -> Iterator[Browser]:
 
 @pytest.fixture
 def console(server: DemoServer, browser: Browser) -> Iterator[Page]:
-    page = new_page(browser)
-    page.set_viewport_size({"width": 1280, "height": 1200})
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    # No noise suppression: it would take the steady test tone for noise and remove it.
-    page.add_init_script("window.voiceagentConsoleOptions = { audioProcessing: false };")
-    sign_in(page, server)
-    yield page
-    page.context.close()
-    # Media elements log failed loads as errors; none is expected here.
-    assert errors == [], errors
-
-
-def query(server: DemoServer, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    assert server.db_path is not None
-    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=10) as connection:
-        return connection.execute(sql, params).fetchall()
-
-
-def wait_for_rows(
-    server: DemoServer, sql: str, *params: Any, timeout_s: float = 30.0
-) -> list[tuple[Any, ...]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rows = query(server, sql, *params)
-        if rows:
-            return rows
-        time.sleep(0.25)
-    raise AssertionError(f"no rows for {sql} {params} within {timeout_s} s\n{server.log_tail()}")
+    with open_call_console(server, browser, height=1200) as page:
+        yield page
 
 
 def recording_state(page: Page) -> dict[str, Any]:

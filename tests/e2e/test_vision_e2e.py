@@ -35,7 +35,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from scripts.screenshots import DemoServer, chromium, demo_server
-from tests.e2e.test_web_call_e2e import open_call_console, query, state, wait_for_rows
+from tests.e2e.console import open_call_console, query, wait_for_rows
+from tests.e2e.test_web_call_e2e import state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.speech, pytest.mark.timeout(480)]
 

@@ -13,18 +13,16 @@ Figures (connect time, turn latency, remote RMS) are printed, never asserted as 
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from scripts.screenshots import DEFAULT_OUT, DemoServer, chromium, demo_server, new_page, sign_in
+from scripts.screenshots import DEFAULT_OUT, DemoServer, chromium, demo_server
+from tests.e2e.console import open_call_console, query, wait_for_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.speech, pytest.mark.timeout(420)]
 
@@ -72,46 +70,6 @@ def browser(question_wav: Path) -> Iterator[Browser]:
 def console(server: DemoServer, browser: Browser) -> Iterator[Page]:
     with open_call_console(server, browser) as page:
         yield page
-
-
-@contextmanager
-def open_call_console(server: DemoServer, browser: Browser) -> Iterator[Page]:
-    """A signed-in console with the browser's audio processing off (deterministic input audio);
-    fails on leaving if the page logged a JavaScript error."""
-    page = new_page(browser)
-    page.set_viewport_size({"width": 1280, "height": 1480})
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    page.add_init_script("window.voiceagentConsoleOptions = { audioProcessing: false };")
-    sign_in(page, server)
-    yield page
-    page.context.close()
-    assert errors == [], errors
-
-
-def query(server: DemoServer, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the server's SQLite database (read-only, a fresh connection per query)."""
-    assert server.db_path is not None
-    with sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=10) as connection:
-        return connection.execute(sql, params).fetchall()
-
-
-def wait_for_rows(
-    server: DemoServer, sql: str, *params: Any, timeout_s: float = 30.0
-) -> list[tuple[Any, ...]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rows = query(server, sql, *params)
-        if rows:
-            return rows
-        time.sleep(0.25)
-    raise AssertionError(f"no rows for {sql} {params} within {timeout_s} s\n{server.log_tail()}")
 
 
 def state(page: Page) -> dict[str, Any]:
