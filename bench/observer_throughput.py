@@ -328,7 +328,10 @@ async def worker_main() -> None:
 
     from calls.models import AgentProfile, Call
     from calls.observer.worker import pool
+    from calls.observer.writers import merged_writer
 
+    if os.environ.get("BENCH_PER_CALL_WRITES"):
+        _write_per_call()
     tag = os.environ.get("BENCH_TAG", "bench")
     agent = await AgentProfile.objects.filter(is_default=True).afirst()
     assert agent is not None
@@ -356,6 +359,9 @@ async def worker_main() -> None:
             for call in calls:
                 pool.start(call.id, max_attempts=2, backoff_initial=0.2)
             print("ok", flush=True)
+        elif command == "stats":
+            writer = merged_writer()
+            print(json.dumps({"transactions": writer.transactions, "batches": writer.batches}), flush=True)
         elif command == "drain":
             deadline = time.monotonic() + 60
             while len(pool) and time.monotonic() < deadline:  # noqa: ASYNC110 (polls another module's pool)
@@ -364,12 +370,92 @@ async def worker_main() -> None:
             return
 
 
+def _write_per_call() -> None:
+    """The code before the merged writer, patched in for `--compare`: every flush of every call is its
+    own transaction (fence, `bulk_create` of the events, one `update_or_create` per turn, call fields)
+    on the `OBSERVER_DB_WRITERS` threads (calls/observer/writers.py as of commit 18eed31)."""
+    from django.db import transaction
+
+    from calls.models import Call, Event, TranscriptTurn
+    from calls.observer import observer, store
+    from calls.observer.lease import fence
+    from calls.observer.writers import batch_writer
+
+    def write_batch(batch: store.CallBatch) -> store.BatchResult:
+        activated = None
+        with transaction.atomic():
+            if batch.lease is not None:
+                fence(batch.lease)
+            if batch.events:
+                Event.objects.bulk_create(
+                    [
+                        Event(
+                            call_id=batch.call_id,
+                            sequence=event.sequence,
+                            type=event.type,
+                            payload=event.payload,
+                            received_at=event.received_at,
+                        )
+                        for event in batch.events
+                    ]
+                )
+            for turn in batch.turns:
+                TranscriptTurn.objects.update_or_create(
+                    call_id=batch.call_id,
+                    item_id=turn.item_id,
+                    defaults={
+                        "role": turn.role,
+                        "text": turn.text,
+                        "started_at": turn.started_at,
+                        "ended_at": turn.ended_at,
+                        "interrupted": turn.interrupted,
+                    },
+                )
+            if batch.usage is not None:
+                Call.objects.filter(pk=batch.call_id).update(usage=batch.usage)
+            if batch.activate_at is not None:
+                changed = Call.objects.filter(pk=batch.call_id, status=Call.Status.CONNECTING).update(
+                    status=Call.Status.ACTIVE, answered_at=batch.activate_at
+                )
+                activated = batch.activate_at if changed else None
+        return store.BatchResult(activated_at=activated)
+
+    async def write(batch: store.CallBatch) -> store.BatchResult:
+        result: store.BatchResult = await batch_writer(write_batch)(batch)
+        return result
+
+    observer.write_merged = write  # type: ignore[attr-defined]
+
+
 # ---- the benchmark ---------------------------------------------------------------------------------
+
+
+async def worker_stats(worker: Any) -> dict[str, int]:
+    """The merged writer's counters in the worker (0 in the per-call arm, which bypasses it)."""
+    worker.stdin.write(b"stats\n")
+    await worker.stdin.drain()
+    stats: dict[str, int] = json.loads(await worker.stdout.readline())
+    return stats
 
 
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of the event loop's thread (`main`: sockets, parsing, observers) and of the others
+    (`threads`: mostly the database writes; Python does not name OS threads, so no finer split)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        kind = "main" if task.name == str(pid) else "threads"
+        totals[kind] = totals.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -401,7 +487,7 @@ async def run(options: argparse.Namespace) -> int:
     import psycopg
     from websockets.asyncio.server import serve
 
-    db_name = f"va_bench_obs_{os.getpid()}"
+    db_name = f"{options.db_prefix}{os.getpid()}"
     admin_url = f"postgres://postgres@{options.pg_host}:5432/postgres"
     db_url = f"postgres://postgres@{options.pg_host}:5432/{db_name}"
     with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -441,13 +527,21 @@ async def run(options: argparse.Namespace) -> int:
         env["REALTIME_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
         env["REALTIME_API_KEY"] = "sk-bench"
         ticker = asyncio.create_task(api.tick_forever())
-        if options.compare_writers:
-            # Interleaved A/B: at each K a fresh worker per variant, the variant that goes first alternating.
-            variants = [("shared", 1), (f"writers{options.compare_writers}", options.compare_writers)]
+        if options.compare:
+            # Interleaved A/B: at each K a fresh worker per variant, the variant that goes first
+            # alternating: "percall" (one transaction per call per flush, the code before the merged
+            # writer, patched in) and "merged" (this code).
+            variants = [("percall", True), ("merged", False)]
             for index, k in enumerate(options.steps):
-                for label, writers in variants if index % 2 == 0 else variants[::-1]:
+                for label, per_call in variants if index % 2 == 0 else variants[::-1]:
                     code |= await session(
-                        api, db, env, [k], label=f"{label}.", writers=writers, options=options
+                        api,
+                        db,
+                        {**env, "BENCH_PER_CALL_WRITES": "1"} if per_call else env,
+                        [k],
+                        label=f"{label}.",
+                        writers=options.writers,
+                        options=options,
                     )
         else:
             code = await session(
@@ -477,8 +571,8 @@ async def session(
     tag = f"b{random.randrange(10**6):06d}"
     env = {**env, "BENCH_TAG": tag}
     if writers:
-        # OBSERVER_DB_WRITERS=1 is the shared thread (Channels' thread-sensitive default, the code
-        # before calls/observer/writers.py); N > 1 writes different calls' batches on N threads.
+        # OBSERVER_DB_WRITERS: merged transactions in flight at once (per-call arm: threads writing
+        # different calls' batches side by side; 1 = one at a time).
         env["OBSERVER_DB_WRITERS"] = str(writers)
         env["DB_POOL_MAX"] = str(writers + 4)
     worker = await asyncio.create_subprocess_exec(
@@ -509,10 +603,14 @@ async def session(
                 await asyncio.sleep(0.1)
             await asyncio.sleep(options.warm_s)
             profile_this = options.profile is not None and k == steps[-1]
+            stats0 = await worker_stats(worker)
             with py_spy(worker.pid, options.profile if profile_this else None, f"observer_{label}k{k}"):
-                cpu0, t0 = proc_cpu_s(worker.pid), time.time()
+                cpu0, t0, threads0 = proc_cpu_s(worker.pid), time.time(), thread_cpu_s(worker.pid)
+                gen0 = proc_cpu_s(os.getpid())
                 await asyncio.sleep(options.measure_s)
-                cpu1, t1 = proc_cpu_s(worker.pid), time.time()
+                cpu1, t1, threads1 = proc_cpu_s(worker.pid), time.time(), thread_cpu_s(worker.pid)
+                gen1 = proc_cpu_s(os.getpid())
+            stats1 = await worker_stats(worker)
             rss = proc_rss_mb(worker.pid)
             sent = api.sent_between(t0, t1)
             await asyncio.sleep(2.0)
@@ -548,6 +646,19 @@ async def session(
             print(f"{at}late_after_2s: {max(0, late)} events")
             print(f"{at}worker_cpu: {cpu * 100:.0f} %")
             print(f"{at}worker_cpu_per_call: {cpu * 1000 / k:.2f} ms/s")
+            print(f"{at}worker_cpu_per_event: {cpu * 1e6 / max(1, stored_rate[0] / (t1 - t0)):.0f} us")
+            split = {kind: (threads1.get(kind, 0) - threads0.get(kind, 0)) / (t1 - t0) for kind in threads1}
+            print(
+                f"{at}worker_cpu_split: "
+                + " / ".join(f"{kind} {share * 100:.0f}" for kind, share in sorted(split.items()))
+                + " %"
+            )
+            print(f"{at}generator_cpu: {(gen1 - gen0) / (t1 - t0) * 100:.0f} % (the fake API, this process)")
+            transactions = stats1["transactions"] - stats0["transactions"]
+            if transactions:
+                print(f"{at}transactions_per_s: {transactions / (t1 - t0):.1f} /s (merged writer)")
+                batches = stats1["batches"] - stats0["batches"]
+                print(f"{at}calls_per_transaction: {batches / transactions:.1f} batches")
             print(f"{at}worker_rss: {rss:.0f} MB")
             print(f"{at}rss_per_call: {(rss - rss_idle) / k * 1024:.0f} KB")
             print(f"machine.{label}k{k}.load_average: {os.getloadavg()[0]:.2f}", flush=True)
@@ -602,14 +713,17 @@ def main() -> int:
         "--writers",
         type=int,
         default=0,
-        help="the observer's batch writes on this many threads (OBSERVER_DB_WRITERS; 1 = one shared "
-        "thread; default: the setting's default)",
+        help="OBSERVER_DB_WRITERS for the worker: merged transactions in flight at once (per-call "
+        "arm: writer threads); default: the setting's default",
     )
     parser.add_argument(
-        "--compare-writers",
-        type=int,
-        default=0,
-        help="A/B at each K: a fresh worker writing on one shared thread and one on this many threads",
+        "--compare",
+        action="store_true",
+        help="A/B at each K: a fresh worker with one transaction per call per flush (the code before "
+        "the merged writer, patched in) and one with the merged writer",
+    )
+    parser.add_argument(
+        "--db-prefix", default="va_bench_obs_", help="name of the throwaway database, before the pid"
     )
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -16,7 +16,9 @@ poolers, restarts of the database and of the workers, and can be read by anyone 
 - **Fencing**: every observer write begins its transaction with `fence()`: an UPDATE of the lease
   row matching this owner *and* epoch. Zero rows means someone claimed the call since: `LeaseLost`
   rolls the whole transaction back. The UPDATE also locks the row until commit, so a claim can never
-  slip between the check and the writes.
+  slip between the check and the writes. The worker's merged batch writes (calls.observer.store
+  `write_batches`) do the same for all their calls in one statement, and write nothing for a call
+  whose lease is lost (only that call's observer gets `LeaseLost`).
 
 Expiry compares the application's clock with times other workers wrote: workers' clocks must agree
 (NTP) to well under the TTL.
@@ -136,7 +138,9 @@ def renew(tokens: list[LeaseToken]) -> set[uuid.UUID]:
         return lost
     now = timezone.now()
     with transaction.atomic():
-        for token in tokens:
+        # In call id order, as the merged writes lock them (calls.observer.store.write_batches): two
+        # transactions that lock several lease rows in one order never deadlock.
+        for token in sorted(tokens, key=lambda token: token.call_id):
             held = ObserverLease.objects.filter(
                 call_id=token.call_id, owner=token.owner, epoch=token.epoch
             ).update(heartbeat_at=now, expires_at=now + ttl())

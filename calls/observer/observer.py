@@ -46,7 +46,7 @@ from calls.observer.lease import LeaseLost, LeaseToken
 from calls.observer.publish import publish_events, publish_status
 from calls.observer.tools import ToolRunner
 from calls.observer.transcript import TranscriptAssembler
-from calls.observer.writers import batch_writer
+from calls.observer.writers import write as write_merged
 from voiceagent.monitoring.logs import bind_call_id
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ MAX_MALFORMED_CHARS: Final = 10_000
 HANG_UP_WAIT_S: Final = 15.0
 #: Items retrieved at most to repair a transcript after a takeover (the most recent ones).
 MAX_REPAIR_ITEMS: Final = 50
+#: Unwritten events a call may hold; past it, its sideband is not read until its write is done
+#: (back-pressure: a database slower than the calls bounds the worker's memory, not its appetite).
+MAX_BUFFERED_EVENTS: Final = 2_000
 
 
 class Outcome(enum.Enum):
@@ -330,6 +333,8 @@ class CallObserver:
                     return
                 counter[0] += 1
                 await self._receive(message, connection)
+                if len(self._buffer) >= MAX_BUFFERED_EVENTS:
+                    await self._flush()  # waits for the write in flight, then writes ours
 
     def _mark_answered(self, at: dt.datetime) -> None:
         """The call is up: it becomes active (written with the next flush) and the duration guard
@@ -354,10 +359,10 @@ class CallObserver:
 
     async def _receive(self, message: str | bytes, connection: ClientConnection) -> None:
         at = timezone.now()
-        payload = self._decode(message)
+        payload, raw = self._decode(message)
         event_type = payload.get("type")
         stored_type = event_type[:100] if isinstance(event_type, str) and event_type else MALFORMED_EVENT
-        self._append(stored_type, payload, at)
+        self._append(stored_type, payload, at, raw=raw)
         self._mark_answered(at)
         if self.tools is not None:
             self.tools.on_event(payload)  # starts tasks for function calls; never waits on a tool
@@ -423,10 +428,12 @@ class CallObserver:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _decode(self, message: str | bytes) -> dict[str, Any]:
+    def _decode(self, message: str | bytes) -> tuple[dict[str, Any], str | None]:
+        """The event as a dict, and the message's text if that is the event's JSON (None when the
+        dict was made here: a message that is not a JSON object is stored as `MALFORMED_EVENT`)."""
         if isinstance(message, bytes):
             logger.warning("call %s: binary sideband message (%d bytes)", self.call_id, len(message))
-            return {"type": MALFORMED_EVENT, "reason": "binary message", "size": len(message)}
+            return {"type": MALFORMED_EVENT, "reason": "binary message", "size": len(message)}, None
         try:
             payload = json.loads(message)
         except ValueError:
@@ -437,13 +444,22 @@ class CallObserver:
                 "type": MALFORMED_EVENT,
                 "reason": "not a JSON object",
                 "raw": message[:MAX_MALFORMED_CHARS],
-            }
-        return payload
+            }, None
+        return payload, message
 
-    def _append(self, event_type: str, payload: dict[str, Any], at: dt.datetime) -> None:
-        payload = strip_images(payload)  # an input_image's base64 is stored as a small thumbnail
+    def _append(
+        self, event_type: str, payload: dict[str, Any], at: dt.datetime, *, raw: str | None = None
+    ) -> None:
+        """Number and buffer an event; `raw` is its JSON text if it is exactly `payload`."""
+        stripped = strip_images(payload)  # an input_image's base64 is stored as a small thumbnail
         self._buffer.append(
-            store.PendingEvent(sequence=self._next_sequence, type=event_type, payload=payload, received_at=at)
+            store.PendingEvent(
+                sequence=self._next_sequence,
+                type=event_type,
+                payload=stripped,
+                received_at=at,
+                raw=raw if stripped is payload else None,
+            )
         )
         self._next_sequence += 1
 
@@ -562,14 +578,17 @@ class CallObserver:
                 return
             token = self.lease
             try:
-                result = await batch_writer(store.write_batch)(
-                    call_id=self.call_id,
-                    events=events,
-                    turns=turns,
-                    usage=usage,
-                    activate_at=activate_at,
-                    tampered=tampered,
-                    lease=token,
+                # Merged with the other calls' batches of this worker into one transaction.
+                result = await write_merged(
+                    store.CallBatch(
+                        call_id=self.call_id,
+                        events=events,
+                        turns=turns,
+                        usage=usage,
+                        activate_at=activate_at,
+                        tampered=tampered,
+                        lease=token,
+                    )
                 )
             except LeaseLost:
                 if self.lease is token:
