@@ -1,7 +1,12 @@
 """Voice-to-voice latency from a real browser: end of the user's speech → first agent audio heard.
 
-Run: .venv/bin/python -m bench.voice_to_voice_browser [--turns 20] [--turn-detection semantic_vad]
-     [--eagerness auto] [--silence-ms 500] [--gap-s 6] [--profile DIR]
+Run: .venv/bin/python -m bench.voice_to_voice_browser [--turns 20] [--modes server_vad:500 semantic_vad:auto]
+     [--compare-before] [--gap-s 6] [--profile DIR] [-v]
+
+Each mode is one call (a fresh engine and Chromium) through the same WAV, in order; the default is
+the product's default profile (`server_vad` 500 ms). `--compare-before` follows each mode with the
+same call on the engine as it was before the latency work (`BEFORE`: aiortc's stock inbound jitter
+buffer, no speculative reply), so both arms run under the same load.
 
 Loopback only, nothing downloaded. The local engine runs in this process with the real speech stack
 (`SpeechOptions.from_env()`, so `REALTIME_LOCAL_*` apply); a same-origin page server forwards the
@@ -25,7 +30,9 @@ speech to the first loud agent audio after it. The split comes from the events' 
 - *TTS first chunk*: `output_item.added` → `output_audio_buffer.started` (synthesis of the first
   chunk, resampling, the first frame sent);
 - *media + playout*: `output_audio_buffer.started` → loud audio at the analyser (RTP/Opus, the
-  jitter buffer, and any quiet start of the synthesized audio).
+  jitter buffer, and any quiet start of the synthesized audio); of which *browser jitter buffer*:
+  Chromium's own average jitter-buffer delay (getStats `jitterBufferDelay / jitterBufferEmittedCount`)
+  over the half second after the agent turned loud.
 
 The engine's own log lines (`transcribed in`, `turn latency`) are counted too.
 """
@@ -152,6 +159,7 @@ class EngineLog(logging.Handler):
         super().__init__(logging.INFO)
         self.stt_ms: list[float] = []
         self.turn_ms: list[float] = []
+        self.speculation: dict[str, int] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
@@ -159,6 +167,9 @@ class EngineLog(logging.Handler):
             self.stt_ms.append(float(message.split(" transcribed in ")[1].split(" ms")[0]))
         elif message.startswith("turn latency "):
             self.turn_ms.append(float(message.split()[2]))
+            if "speculative reply: " in message:
+                outcome = message.split("speculative reply: ")[1].rstrip(")")
+                self.speculation[outcome] = self.speculation.get(outcome, 0) + 1
 
 
 @asynccontextmanager
@@ -203,8 +214,23 @@ def first_after(times: list[float], start: float, end: float) -> float | None:
     return next((t for t in times if start <= t < end), None)
 
 
+def jitter_buffer_ms(samples: list[dict[str, float]], at: float, span_s: float = 0.5) -> float | None:
+    """Chromium's average jitter-buffer delay (ms) over the `span_s` after `at` (seconds, browser clock)."""
+    before = [x for x in samples if x["at"] / 1000 <= at]
+    after = [x for x in samples if x["at"] / 1000 >= at + span_s]
+    if not before or not after:
+        return None
+    emitted = after[0]["emitted"] - before[-1]["emitted"]
+    if emitted <= 0:
+        return None
+    return float((after[0]["delay"] - before[-1]["delay"]) / emitted * 1000)
+
+
 def analyse(
-    utterances: list[Utterance], onsets: dict[str, list[float]], events: list[dict[str, Any]]
+    utterances: list[Utterance],
+    onsets: dict[str, list[float]],
+    events: list[dict[str, Any]],
+    jitter: list[dict[str, float]] | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Per-turn figures (ms) and how many microphone onsets anchored the WAV on the browser clock."""
     mic = [t / 1000 for t in onsets["mic"]]
@@ -241,35 +267,68 @@ def analyse(
         stopped, created, added, started = (float(marks[name] or 0) for name in marks)
         if not stopped <= created <= added <= started <= heard:  # events of another turn (a lagging engine)
             continue
-        turns.append(
-            {
-                "voice_to_voice": (heard - end) * 1000,
-                "vad": (stopped - end) * 1000,
-                "stt": (created - stopped) * 1000,
-                "responder": (added - created) * 1000,
-                "tts_first_chunk": (started - added) * 1000,
-                "media_playout": (heard - started) * 1000,
-            }
-        )
+        turn = {
+            "voice_to_voice": (heard - end) * 1000,
+            "vad": (stopped - end) * 1000,
+            "stt": (created - stopped) * 1000,
+            "responder": (added - created) * 1000,
+            "tts_first_chunk": (started - added) * 1000,
+            "media_playout": (heard - started) * 1000,
+        }
+        buffered = jitter_buffer_ms(jitter or [], heard)
+        if buffered is not None:
+            turn["browser_jitter_buffer"] = buffered
+        turns.append(turn)
     return turns, len(anchors)
 
 
-async def run(options: argparse.Namespace) -> int:
+#: Engine settings of the "before" arm (`--compare-before`): the engine as it was before the
+#: voice-latency work, for an A/B in one run. Names are module attributes of realtime_local.
+BEFORE: dict[str, Any] = {
+    "realtime_local.media.INBOUND_PREFETCH": 4,
+    "realtime_local.session.SPECULATIVE_REPLY": False,
+}
+
+
+def set_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
+    """Set module attributes named `package.module.NAME`; returns the previous values."""
+    import importlib
+
+    previous = {}
+    for dotted, value in knobs.items():
+        module_name, name = dotted.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        previous[dotted] = getattr(module, name)
+        setattr(module, name, value)
+    return previous
+
+
+def parse_mode(spec: str) -> tuple[str, dict[str, Any]]:
+    """`server_vad:500` or `semantic_vad:auto` -> (label, turn_detection)."""
+    kind, _, value = spec.partition(":")
+    if kind == "server_vad":
+        ms = int(value or 500)
+        return f"server_vad_{ms}", {"type": "server_vad", "silence_duration_ms": ms}
+    if kind == "semantic_vad":
+        eagerness = value or "auto"
+        return f"semantic_vad_{eagerness}", {"type": "semantic_vad", "eagerness": eagerness}
+    raise ValueError(f"unknown mode {spec!r}: server_vad:<ms> or semantic_vad:<eagerness>")
+
+
+async def run_arm(
+    stack: Any,
+    wav: Path,
+    utterances: list[Utterance],
+    turn_detection: dict[str, Any],
+    options: argparse.Namespace,
+    label: str,
+) -> dict[str, Any]:
+    """One call from a fresh Chromium through the whole WAV; the page's stamps and the engine log."""
     from playwright.async_api import async_playwright
 
     from realtime_local.call import EngineRuntime
-    from realtime_local.speech.stack import SpeechOptions, load_speech_stack
     from tests.engine.fixtures_media import serve_engine
 
-    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(options.turns)]
-    folder = Path(tempfile.mkdtemp(prefix="va-voice-bench-"))
-    wav = folder / "questions.wav"
-    utterances = build_wav(wav, questions, options.gap_s)
-    duration = utterances[-1].end_s + options.gap_s
-    if options.turn_detection == "semantic_vad":
-        turn_detection: dict[str, Any] = {"type": "semantic_vad", "eagerness": options.eagerness}
-    else:
-        turn_detection = {"type": "server_vad", "silence_duration_ms": options.silence_ms}
     session = {
         "type": "realtime",
         "instructions": "Answer briefly.",
@@ -277,65 +336,116 @@ async def run(options: argparse.Namespace) -> int:
     }
     log = EngineLog()
     logging.getLogger("realtime_local").addHandler(log)
+    duration = utterances[-1].end_s + options.gap_s
+    try:
+        async with (
+            serve_engine(EngineRuntime(speech=stack, loopback_candidates=True)) as engine,
+            page_server(engine.base_url, session) as url,
+            async_playwright() as playwright,
+        ):
+            browser = await playwright.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
+                timeout=30_000,
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{url}?threshold={THRESHOLD}")
+                with py_spy(os.getpid(), options.profile, f"engine-{label}"):
+                    await asyncio.sleep(duration)
+                    # A loaded machine answers late: wait until no event came for 5 s (60 s at most).
+                    deadline, count = time.monotonic() + 60, -1
+                    while time.monotonic() < deadline:
+                        now = await page.evaluate("window.events.length")
+                        if now == count:
+                            break
+                        count = now
+                        await asyncio.sleep(5)
+                return {
+                    "state": await page.evaluate("window.state"),
+                    "onsets": await page.evaluate("window.onsets"),
+                    "events": await page.evaluate("window.events"),
+                    "jitter": await page.evaluate("window.jitter"),
+                    "log": log,
+                }
+            finally:
+                await browser.close()
+    finally:
+        logging.getLogger("realtime_local").removeHandler(log)
+
+
+def report(label: str, utterances: list[Utterance], result: dict[str, Any], verbose: bool) -> int:
+    """Print one arm's lines (`voice.<label>.<figure>: value unit`); returns the turns measured."""
+    if result["state"]["error"]:
+        print(f"# {label}: page error: {result['state']['error']}", file=sys.stderr)
+        return 0
+    events = result["events"]
+    turns, anchored = analyse(utterances, result["onsets"], events, result["jitter"])
+    log: EngineLog = result["log"]
+    transcripts = [e["transcript"] for e in events if e["type"].endswith("transcription.completed")]
+    print(f"voice.{label}.turns_measured: {len(turns)} of {len(utterances)} turns")
+    print(f"voice.{label}.mic_anchors: {anchored} onsets")
+    names = ["voice_to_voice", "vad", "stt", "responder", "tts_first_chunk", "media_playout"]
+    for name in [*names, "browser_jitter_buffer"]:
+        values = [turn[name] for turn in turns if name in turn]
+        print(f"voice.{label}.{name}.p50: {pct(values, 50):.0f} ms")
+        print(f"voice.{label}.{name}.p95: {pct(values, 95):.0f} ms")
+    print(f"voice.{label}.engine_log.stt_finish.p50: {pct(log.stt_ms, 50):.0f} ms")
+    print(f"voice.{label}.engine_log.speech_stopped_to_first_frame.p50: {pct(log.turn_ms, 50):.0f} ms")
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(log.speculation.items())) or "none logged"
+    print(f"voice.{label}.engine_log.speculative_reply: {outcomes}")
+    if verbose:
+        for turn, text in zip(turns, transcripts, strict=False):
+            print("# " + " ".join(f"{k}={v:.0f}" for k, v in turn.items()) + f"  {text!r}")
+    return len(turns)
+
+
+async def run(options: argparse.Namespace) -> int:
+    from realtime_local.speech.stack import SpeechOptions, load_speech_stack
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(options.turns)]
+    folder = Path(tempfile.mkdtemp(prefix="va-voice-bench-"))
+    wav = folder / "questions.wav"
+    utterances = build_wav(wav, questions, options.gap_s)
     logging.getLogger("realtime_local").setLevel(logging.INFO)
     started = time.monotonic()
     stack = await asyncio.to_thread(load_speech_stack, SpeechOptions.from_env())
     print(f"voice.speech_stack_load: {time.monotonic() - started:.1f} s")
-    print(f"voice.turn_detection: {json.dumps(turn_detection)}")
-    async with (
-        serve_engine(EngineRuntime(speech=stack, loopback_candidates=True)) as engine,
-        page_server(engine.base_url, session) as url,
-        async_playwright() as playwright,
-    ):
-        browser = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
-            timeout=30_000,
-        )
+    arms: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for spec in options.modes:
+        label, turn_detection = parse_mode(spec)
+        arms.append((label, turn_detection, {}))
+        if options.compare_before:
+            arms.append((f"{label}.before", turn_detection, BEFORE))
+    measured = 0
+    for label, turn_detection, knobs in arms:
+        print(f"voice.{label}.turn_detection: {json.dumps(turn_detection)}")
+        previous = set_knobs(knobs)
         try:
-            page = await browser.new_page()
-            await page.goto(f"{url}?threshold={THRESHOLD}")
-            with py_spy(os.getpid(), options.profile, "engine"):
-                await asyncio.sleep(duration)
-                # A loaded machine answers late: wait until no event came for 5 s (60 s at most).
-                deadline, count = time.monotonic() + 60, -1
-                while time.monotonic() < deadline:
-                    now = await page.evaluate("window.events.length")
-                    if now == count:
-                        break
-                    count = now
-                    await asyncio.sleep(5)
-            state = await page.evaluate("window.state")
-            onsets = await page.evaluate("window.onsets")
-            events = await page.evaluate("window.events")
+            result = await run_arm(stack, wav, utterances, turn_detection, options, label)
         finally:
-            await browser.close()
-    if state["error"]:
-        print(f"# page error: {state['error']}", file=sys.stderr)
-        return 1
-    turns, anchored = analyse(utterances, onsets, events)
-    transcripts = [e["transcript"] for e in events if e["type"].endswith("transcription.completed")]
-    print(f"voice.turns_measured: {len(turns)} of {len(utterances)} turns")
-    print(f"voice.mic_anchors: {anchored} onsets")
-    for name in ("voice_to_voice", "vad", "stt", "responder", "tts_first_chunk", "media_playout"):
-        values = [turn[name] for turn in turns]
-        print(f"voice.{name}.p50: {pct(values, 50):.0f} ms")
-        print(f"voice.{name}.p95: {pct(values, 95):.0f} ms")
-    print(f"voice.engine_log.stt_finish.p50: {pct(log.stt_ms, 50):.0f} ms")
-    print(f"voice.engine_log.speech_stopped_to_first_frame.p50: {pct(log.turn_ms, 50):.0f} ms")
-    if options.verbose:
-        for turn, text in zip(turns, transcripts, strict=False):
-            print("# " + " ".join(f"{k}={v:.0f}" for k, v in turn.items()) + f"  {text!r}")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at end")
-    return 0 if turns else 1
+            set_knobs(previous)
+        measured += report(label, utterances, result, options.verbose)
+        print(f"machine: load average {os.getloadavg()[0]:.2f} after {label}")
+    return 0 if measured else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=20)
-    parser.add_argument("--turn-detection", choices=["semantic_vad", "server_vad"], default="semantic_vad")
-    parser.add_argument("--eagerness", default="auto", help="semantic_vad eagerness (default auto)")
-    parser.add_argument("--silence-ms", type=int, default=500, help="server_vad silence_duration_ms")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["server_vad:500"],
+        help="turn detection per call, in order: server_vad:<silence ms> or semantic_vad:<eagerness> "
+        "(default: the product's default profile, server_vad:500)",
+    )
+    parser.add_argument(
+        "--compare-before",
+        action="store_true",
+        help="after each mode, the same call with the engine as before the latency work (BEFORE)",
+    )
     parser.add_argument("--gap-s", type=float, default=6.0, help="silence after each question")
     parser.add_argument("--profile", type=Path, help="py-spy this process (the engine) into this folder")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per turn")

@@ -40,9 +40,35 @@ FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 DATA_CHANNEL_LABEL = "oai-events"
 #: Bytes queued on the data channel beyond which server events are dropped (a stuck browser).
 MAX_CHANNEL_BUFFER = 8 * 1024 * 1024
+#: Complete Opus frames aiortc's inbound jitter buffer holds back before releasing the oldest one.
+#: aiortc's own value is 4 (80 ms of every packet's delay); 1 keeps one frame of reordering slack.
+INBOUND_PREFETCH = 1
 
 _loopback_installed = False
 _loopback_wanted: contextvars.ContextVar[bool] = contextvars.ContextVar("loopback_candidates", default=False)
+
+
+def tighten_inbound_jitter_buffer(receiver: Any, prefetch: int | None = None) -> bool:
+    """Make an audio receiver release each Opus frame as soon as the next one arrives.
+
+    aiortc's audio `RTCRtpReceiver` builds `JitterBuffer(capacity=16, prefetch=4)`: every packet waits
+    until four newer frames are complete, so all input audio reaches the VAD ~80 ms late, and so
+    does every end of turn (measured from Chromium: end of speech -> `speech_stopped` 676 ms with
+    `silence_duration_ms` 500, of which ~64 ms is Silero's own lag). Lost packets stall the buffer
+    the same way with either value (it never skips a gap until it is full); what the prefetch buys
+    is tolerance to *reordered* packets, which stays at one frame (20 ms). Replaced before any packet
+    arrives (right after `setRemoteDescription`). The attribute is aiortc's private one, so this
+    returns False (and the default stays) if a future aiortc renames it; a test pins it.
+    """
+    from aiortc.jitterbuffer import JitterBuffer
+
+    name = "_RTCRtpReceiver__jitter_buffer"
+    current = getattr(receiver, name, None)
+    if not isinstance(current, JitterBuffer) or getattr(current, "_is_video", True):
+        return False
+    wanted = INBOUND_PREFETCH if prefetch is None else prefetch  # read now: benchmarks compare values
+    setattr(receiver, name, JitterBuffer(capacity=current.capacity, prefetch=wanted))
+    return True
 
 
 def offer_loopback_candidates(enabled: bool = True) -> None:
@@ -287,6 +313,8 @@ class MediaPeer:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
                 transceiver.direction = "inactive"
+            elif not tighten_inbound_jitter_buffer(transceiver.receiver):
+                logger.warning("aiortc's inbound jitter buffer could not be tightened (aiortc changed?)")
         pc.addTrack(self.track)  # takes the offer's audio transceiver: one sendrecv Opus track
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)

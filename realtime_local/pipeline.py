@@ -52,7 +52,11 @@ class SpeechStack(Protocol):
 
 class _Streaming(Protocol):
     def run_partials(
-        self, on_partial: Callable[[str], None], *, stop: threading.Event | None = None
+        self,
+        on_partial: Callable[[str], None],
+        *,
+        stop: threading.Event | None = None,
+        on_pause: Callable[[str], None] | None = None,
     ) -> None: ...
 
     def finish(self) -> str: ...
@@ -82,6 +86,8 @@ class InputPipeline:
         on_started: Callable[[int], None],
         on_stopped: Callable[[int, Callable[[], str], float], None],
         on_partial: Callable[[str], None],
+        on_pause: Callable[[str], None] | None = None,
+        on_pause_withdrawn: Callable[[], None] | None = None,
     ) -> None:
         self._speech = speech
         self._language = language
@@ -90,6 +96,10 @@ class InputPipeline:
         self._on_started = on_started
         self._on_stopped = on_stopped
         self._on_partial = on_partial
+        self._on_pause = on_pause
+        self._on_pause_withdrawn = on_pause_withdrawn
+        self._pause_open = False  # a pause transcript was delivered and the speaker is still silent
+        self._generation = 0  # bumped by reset(): pause transcripts from before it are stale
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Pcm16] = asyncio.Queue(INPUT_QUEUE_SIZE)
         self._speaking = False
@@ -112,6 +122,8 @@ class InputPipeline:
             self._queue.get_nowait()
         self._stop_partials.set()
         self._speaking = False
+        self._generation += 1
+        self._close_pause()
         self._detector.reset()
 
     def force_stop(self) -> bool:
@@ -141,6 +153,8 @@ class InputPipeline:
                     self._start_partials()
                 elif event.kind == "speech_stopped" and self._speaking:
                     self._end_utterance(event.audio_ms, forced=False)
+            if self._pause_open and self._speaking and not getattr(self._detector, "in_pause", False):
+                self._close_pause()  # the speaker went on: what was prepared for the pause is void
 
     def _start_partials(self) -> None:
         stream = self._streaming
@@ -148,17 +162,26 @@ class InputPipeline:
             return
         self._stop_partials = stop = threading.Event()
         loop = self._loop
+        generation = self._generation
 
         def deliver(text: str) -> None:
             if not stop.is_set():
                 loop.call_soon_threadsafe(self._deliver_partial, stop, text)
 
+        def deliver_pause(text: str) -> None:
+            # Also after the stop: with semantic_vad the stop and the pause's transcript come from
+            # the same Whisper run, in either order; the session matches the transcript it gets.
+            loop.call_soon_threadsafe(self._deliver_pause, generation, text)
+
+        kwargs: dict[str, Any] = {"stop": stop}
+        if self._on_pause is not None:
+            kwargs["on_pause"] = deliver_pause
         # A thread of its own, not the loop's default executor: it lives as long as the utterance, and
         # several calls speaking at once must not starve the short VAD/TTS jobs of executor workers.
         self._partials = threading.Thread(
             target=stream.run_partials,
             args=(deliver,),
-            kwargs={"stop": stop},
+            kwargs=kwargs,
             name="stt-partials",
             daemon=True,
         )
@@ -168,8 +191,21 @@ class InputPipeline:
         if not stop.is_set():
             self._on_partial(text)
 
+    def _deliver_pause(self, generation: int, text: str) -> None:
+        if generation != self._generation or self._task.done() or self._on_pause is None:
+            return
+        self._pause_open = self._speaking
+        self._on_pause(text)
+
+    def _close_pause(self) -> None:
+        if self._pause_open:
+            self._pause_open = False
+            if self._on_pause_withdrawn is not None:
+                self._on_pause_withdrawn()
+
     def _end_utterance(self, audio_ms: int, *, forced: bool) -> None:
         self._speaking = False
+        self._pause_open = False  # the pause became the end of the turn
         self._stop_partials.set()
         audio = self._detector.speech_audio()
         duration = len(audio) / INPUT_SAMPLE_RATE

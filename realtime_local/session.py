@@ -63,6 +63,8 @@ MAX_INPUT_BUFFER_S = 60
 MAX_AUDIO_AHEAD_S = 1.5
 OUTPUT_RATE = 48_000
 APPEND_RATE = 24_000
+#: Prepare the reply during the user's pause (see `_Speculation`); off only for A/B benchmarks.
+SPECULATIVE_REPLY = True
 
 
 class AudioOutput(Protocol):
@@ -103,6 +105,39 @@ class _Piece:
 
 
 @dataclass
+class _Speculation:
+    """A reply prepared during the user's pause, before the turn is over (never emitted from here).
+
+    When the turn detector sees the speaker fall silent, the transcript of the utterance up to that
+    pause is known (the streaming transcription runs there at once, for `finish()` to reuse). The
+    session then asks the responder for its first piece and synthesizes that piece's first audio
+    chunk in the background, into memory. If the turn ends with the same final transcript and the
+    response would see exactly the same inputs (`signature`: instructions, conversation, tools,
+    voice, speed, modalities), the response created at `speech_stopped` continues from this state
+    instead of starting over: the same events, in the same order, only sooner. Anything else
+    (speech resumed, another transcript, the conversation or session changed) discards it.
+    """
+
+    transcript: str
+    signature: tuple[Any, ...]
+    replies: Iterator[Reply]
+    #: Pieces fetched ahead from `replies` (the first one; None: the responder had nothing).
+    pieces: list[Reply | None] = field(default_factory=list)
+    speech_text: str | None = None  # the piece whose first audio chunk is prepared
+    speech_chunks: Iterator[Pcm16] | None = None
+    first_chunk: Pcm16 | None = None  # None with speech_text set: the piece synthesized to nothing
+    task: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        """Close the generators (one still running in its worker thread refuses; it is dropped)."""
+        for gen in (self.replies, self.speech_chunks):
+            close = getattr(gen, "close", None)
+            if callable(close):
+                with contextlib.suppress(ValueError, RuntimeError):
+                    close()
+
+
+@dataclass
 class _Response:
     id: str
     modalities: list[str]
@@ -128,6 +163,19 @@ class _Response:
     usage: dict[str, Any] | None = None
     created_sent: bool = False
     done_sent: bool = False
+    speculation: _Speculation | None = None
+
+    def signature(self) -> tuple[Any, ...]:
+        """What the responder and the synthesizer see: equal signatures give the same reply."""
+        return (
+            tuple(self.modalities),
+            self.in_conversation,
+            self.instructions,
+            tuple(self.tools),
+            tuple(self.context),
+            self.voice,
+            self.speed,
+        )
 
     @property
     def audio(self) -> bool:
@@ -234,6 +282,9 @@ class Session:
         #: turn latency figures (end of speech -> first audio frame), for logs and benchmarks
         self.turn_latencies_ms: deque[float] = deque(maxlen=100)
         self._speech_stopped_at: float | None = None
+        self._speculation: _Speculation | None = None
+        #: how each spoken turn's response started: "used", "discarded" or "none" (benchmarks, tests)
+        self.speculation_outcomes: deque[str] = deque(maxlen=100)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -253,6 +304,7 @@ class Session:
     async def close(self) -> None:
         """Cancel every task of the session (idempotent)."""
         self._closed = True
+        self._discard_speculation()
         if self._pipeline is not None:
             await self._pipeline.close()
             self._pipeline = None
@@ -302,6 +354,7 @@ class Session:
 
         old = self._pipeline
         self._pipeline = None
+        self._discard_speculation()
         if old is not None:
             self._spawn(old.close())
         turn = self._turn_config()
@@ -315,6 +368,8 @@ class Session:
             on_started=self._on_speech_started,
             on_stopped=self._on_speech_stopped,
             on_partial=self._on_partial,
+            on_pause=self._on_pause,
+            on_pause_withdrawn=self._discard_speculation,
         )
 
     # ---- input audio ----------------------------------------------------------------------------
@@ -332,6 +387,7 @@ class Session:
                 self._manual_samples += len(pcm)
 
     def _on_speech_started(self, audio_ms: int) -> None:
+        self._discard_speculation()
         item_id = new_item_id()
         self._speech_item_id = item_id
         self._emit(
@@ -428,9 +484,12 @@ class Session:
             self._emit({"type": "conversation.item.done", "item": copy.deepcopy(item)})
         if respond and text.strip():
             if self._response is None:
-                self._create_response({})
+                self._create_response({}, spoken_transcript=text)
             else:
+                self._discard_speculation()
                 logger.info("response already active; no automatic response for this turn")
+        else:
+            self._discard_speculation()
 
     # ---- client events --------------------------------------------------------------------------
 
@@ -740,7 +799,24 @@ class Session:
 
     # ---- responses ------------------------------------------------------------------------------
 
-    def _create_response(self, params: dict[str, Any]) -> _Response:
+    def _create_response(self, params: dict[str, Any], *, spoken_transcript: str | None = None) -> _Response:
+        """Start a response; `spoken_transcript`: it answers a spoken turn with this final transcript,
+        and continues the reply prepared during the pause when that matches (`_Speculation`)."""
+        response = self._build_response(params)
+        if spoken_transcript is not None:
+            response.speculation = self._claim_speculation(spoken_transcript, response)
+        else:
+            self._discard_speculation()
+        self._response = response
+        self._responses[response.id] = response
+        while len(self._responses) > 8:
+            del self._responses[next(iter(self._responses))]
+        response.task = self._spawn(self._run_response(response))
+        return response
+
+    def _build_response(self, params: dict[str, Any], *, pending_user_text: str | None = None) -> _Response:
+        """The response `params` would create now, without side effects. `pending_user_text`: as if
+        the user's spoken item with this transcript had been added (what a speculation answers)."""
         config = self.config
         modalities = params.get("output_modalities") or config.get("output_modalities") or ["audio"]
         if "audio" in modalities and self.speech is None:
@@ -764,7 +840,17 @@ class Session:
                         continue
             context = conversation_turns(context_items, self.image_facts)
         else:
-            context = conversation_turns(list(self.items.values()), self.image_facts)
+            items = list(self.items.values())
+            if pending_user_text is not None:
+                items.append(
+                    {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_audio", "transcript": pending_user_text}],
+                    }
+                )
+                items = items[-MAX_ITEMS:]  # as _add_item would trim
+            context = conversation_turns(items, self.image_facts)
         tool_choice = params.get("tool_choice", config.get("tool_choice", "auto"))
         tools_config = params.get("tools", config.get("tools") or [])
         tools = [
@@ -791,12 +877,101 @@ class Session:
             metadata=params.get("metadata") if isinstance(params.get("metadata"), dict) else None,
             max_output_tokens=params.get("max_output_tokens", config.get("max_output_tokens", "inf")),
         )
-        self._response = response
-        self._responses[response.id] = response
-        while len(self._responses) > 8:
-            del self._responses[next(iter(self._responses))]
-        response.task = self._spawn(self._run_response(response))
         return response
+
+    # ---- speculative reply (prepared during the user's pause) ------------------------------------
+
+    def _on_pause(self, transcript: str) -> None:
+        """The speaker paused; `transcript` is what `finish()` returns if the turn ends here."""
+        td = self.turn_detection or {}
+        if (
+            not SPECULATIVE_REPLY
+            or self._closed
+            or self._response is not None
+            or not transcript.strip()
+            or not td.get("create_response", True)
+        ):
+            return
+        current = self._speculation
+        if current is not None and current.transcript == transcript:
+            return  # the same words: what is prepared still holds
+        self._discard_speculation()
+        plan = self._build_response({}, pending_user_text=transcript)
+        spec = _Speculation(
+            transcript=transcript,
+            signature=plan.signature(),
+            replies=self.responder.reply(
+                instructions=plan.instructions, conversation=plan.context, tools=plan.tools
+            ),
+        )
+        self._speculation = spec
+        spec.task = self._spawn(self._speculate(spec, plan))
+
+    async def _speculate(self, spec: _Speculation, plan: _Response) -> None:
+        """The responder's first piece and that piece's first audio chunk, into `spec` (no events)."""
+        try:
+            piece = await asyncio.to_thread(next, spec.replies, None)
+            spec.pieces.append(piece)
+            out, speech = self.audio_out, self.speech
+            if (
+                plan.audio
+                and out is not None
+                and speech is not None
+                and isinstance(piece, TextReply)
+                and piece.text.strip()
+            ):
+                text = piece.text.strip()
+                spec.speech_chunks = speech.synthesizer.synthesize(text, voice=plan.voice, speed=plan.speed)
+                spec.first_chunk = await asyncio.to_thread(next, spec.speech_chunks, None)
+                spec.speech_text = text
+        except BaseException:
+            spec.close()
+            raise
+
+    def _discard_speculation(self) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        task = spec.task
+        if task is not None and not task.done():
+            task.cancel()
+            task.add_done_callback(lambda _task: spec.close())  # its worker thread may still hold a generator
+        else:
+            spec.close()
+
+    def _claim_speculation(self, transcript: str, response: _Response) -> _Speculation | None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            self.speculation_outcomes.append("none")
+            return None
+        if spec.transcript == transcript and spec.signature == response.signature():
+            self.speculation_outcomes.append("used")
+            return spec
+        self._speculation = spec
+        self._discard_speculation()
+        self.speculation_outcomes.append("discarded")
+        return None
+
+    async def _prepared(self, response: _Response) -> _Speculation | None:
+        """The response's speculation once ready, or None if it failed (then the reply starts over)."""
+        spec = response.speculation
+        if spec is None or spec.task is None:
+            return spec
+        try:
+            await asyncio.shield(spec.task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if spec.task.cancelled() and (current is None or not current.cancelling()):
+                response.speculation = None  # only the speculation was cancelled: start over
+                return None
+            spec.task.cancel()  # the response was cancelled while waiting
+            raise
+        except Exception:
+            logger.warning("speculative reply failed; answering without it", exc_info=True)
+            response.speculation = None
+            spec.close()
+            return None
+        return spec
 
     def _response_object(self, response: _Response) -> dict[str, Any]:
         session_output = (self.config.get("audio") or {}).get("output") or {}
@@ -844,12 +1019,18 @@ class Session:
         self._finish_response(response)
 
     async def _generate(self, response: _Response) -> None:
-        replies: Iterator[Reply] = self.responder.reply(
-            instructions=response.instructions, conversation=response.context, tools=response.tools
-        )
+        spec = await self._prepared(response)
+        ahead: list[Reply | None] = []
+        if spec is not None:
+            replies = spec.replies
+            ahead = spec.pieces
+        else:
+            replies = self.responder.reply(
+                instructions=response.instructions, conversation=response.context, tools=response.tools
+            )
         try:
             while True:
-                piece = await asyncio.to_thread(next, replies, None)
+                piece = ahead.pop(0) if ahead else await asyncio.to_thread(next, replies, None)
                 if piece is None:
                     break
                 if isinstance(piece, FunctionCallReply):
@@ -863,6 +1044,8 @@ class Session:
                 # a generator still running in its abandoned thread refuses to close
                 with contextlib.suppress(ValueError, RuntimeError):
                     close()
+            if spec is not None:
+                spec.close()  # a prepared audio chunk the reply did not use
         if (
             response.message is not None
             and response.audio
@@ -961,11 +1144,17 @@ class Session:
         from realtime_local.media import Resampler
 
         synthesizer = speech.synthesizer
-        chunks = synthesizer.synthesize(text, voice=response.voice, speed=response.speed)
+        spec = response.speculation
+        ready: list[Pcm16 | None] = []
+        if spec is not None and spec.speech_chunks is not None and spec.speech_text == text:
+            chunks, ready = spec.speech_chunks, [spec.first_chunk]  # prepared during the pause
+            spec.speech_text = None
+        else:
+            chunks = synthesizer.synthesize(text, voice=response.voice, speed=response.speed)
         resampler = Resampler(synthesizer.sample_rate, OUTPUT_RATE)
         first = True
         while True:
-            chunk = await asyncio.to_thread(next, chunks, None)
+            chunk = ready.pop() if ready else await asyncio.to_thread(next, chunks, None)
             pcm = resampler.convert(chunk) if chunk is not None else resampler.flush()
             if len(pcm):
                 await out.wait_room(MAX_AUDIO_AHEAD_S)
@@ -994,7 +1183,12 @@ class Session:
             return
         latency = (asyncio.get_running_loop().time() - self._speech_stopped_at) * 1000
         self.turn_latencies_ms.append(round(latency, 1))
-        logger.info("turn latency %.0f ms (end of speech -> first audio frame)", latency)
+        outcome = self.speculation_outcomes[-1] if self.speculation_outcomes else "none"
+        logger.info(
+            "turn latency %.0f ms (speech_stopped -> first audio frame; speculative reply: %s)",
+            latency,
+            outcome,
+        )
         self._speech_stopped_at = None
 
     def _function_call(self, response: _Response, reply: FunctionCallReply) -> None:

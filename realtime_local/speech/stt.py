@@ -296,12 +296,20 @@ class StreamingTranscription:
         self.last_finish_reused = reused
         return text
 
-    def run_partials(self, on_partial: Callable[[str], None], *, stop: threading.Event | None = None) -> None:
+    def run_partials(
+        self,
+        on_partial: Callable[[str], None],
+        *,
+        stop: threading.Event | None = None,
+        on_pause: Callable[[str], None] | None = None,
+    ) -> None:
         """Worker loop for one utterance; returns when the detector stops it (or `stop` is set).
 
         Wakes on the detector's condition: at once when a candidate end appears (that run is the
         one `finish()` reuses), otherwise every `interval_s` (or twice the last run's cost, if
-        more) when new audio arrived and speech is being heard.
+        more) when new audio arrived and speech is being heard. `on_pause(text)` gets the transcript
+        of each candidate end (what `finish()` returns if the turn stops there): the session starts
+        its reply from it speculatively.
         """
         changed = self._detector.changed
         utterance = self._detector.snapshot().utterance_id
@@ -333,6 +341,8 @@ class StreamingTranscription:
                 if text != last_text:
                     last_text = text
                     on_partial(text)
+                if on_pause is not None and last_end is not None:
+                    on_pause(text)
                 continue
             with changed:
                 changed.wait(timeout=self.interval_s / 4)

@@ -196,6 +196,12 @@ class ServerVadTurnDetector:
     def speaking(self) -> bool:
         return self._speaking
 
+    @property
+    def in_pause(self) -> bool:
+        """Whether the speaker is silent after speech and the turn is not over yet (a candidate end
+        stands). Read without the lock: a plain attribute read, for a caller that polls it."""
+        return self._speaking and self._silence_from is not None
+
     # -- internals ------------------------------------------------------------------------------
     def _ms(self, sample: int) -> int:
         return sample * 1000 // INPUT_SAMPLE_RATE

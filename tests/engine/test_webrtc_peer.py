@@ -38,6 +38,38 @@ def media_sections(sdp: str) -> dict[str, str]:
     return sections
 
 
+async def test_inbound_audio_jitter_buffer_releases_frames_without_prefetching() -> None:
+    """aiortc holds every inbound audio packet until 4 newer frames arrived (80 ms added to every
+    end of turn); the engine's receivers keep one frame of reordering slack instead. This pins the
+    private attribute the engine replaces, so an aiortc upgrade that renames it fails here."""
+    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.rtp import RtpPacket
+
+    from realtime_local.media import INBOUND_PREFETCH
+
+    pc, offer = await offer_with_video()
+    try:
+        call, _answer = await start_webrtc_call(
+            call_id=new_rtc_call_id(), offer_sdp=offer, session=validate_session({}), runtime=EngineRuntime()
+        )
+        assert call.peer is not None
+        audio = [t for t in call.peer.pc.getTransceivers() if t.kind == "audio"]
+        assert len(audio) == 1
+        buffer = getattr(audio[0].receiver, "_RTCRtpReceiver__jitter_buffer")  # noqa: B009 - private
+        assert isinstance(buffer, JitterBuffer) and INBOUND_PREFETCH == 1
+        # Behaviour: a frame comes out as soon as the next packet arrives (aiortc's default: after 4).
+        released = []
+        for seq in range(3):
+            packet = RtpPacket(sequence_number=seq, timestamp=seq * 960, payload=b"x")
+            packet._data = b"x"  # type: ignore[attr-defined] # the receiver sets the depayloaded frame data before buffering
+            released.append(buffer.add(packet)[1])
+        assert released[0] is None and released[1] is not None and released[1].timestamp == 0
+        assert released[2] is not None and released[2].timestamp == 960
+        await call.hangup()
+    finally:
+        await pc.close()
+
+
 async def test_answer_has_sendrecv_opus_audio_and_inactive_video() -> None:
     pc, offer = await offer_with_video()
     try:
