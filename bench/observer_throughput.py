@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -327,11 +328,24 @@ async def worker_main() -> None:
     from django.utils import timezone
 
     from calls.models import AgentProfile, Call
-    from calls.observer.worker import pool
+    from calls.observer.worker import pool, tune_gc
     from calls.observer.writers import merged_writer
 
     if os.environ.get("BENCH_PER_CALL_WRITES"):
         _write_per_call()
+    if not os.environ.get("BENCH_NO_GC_TUNING"):
+        tune_gc()  # as `run_embedded_worker` does
+    gc_time = [0.0, 0.0, 0.0]  # seconds in the collector, longest pause, start of the current one
+
+    def gc_clock(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_time[2] = time.perf_counter()
+        elif gc_time[2]:
+            pause = time.perf_counter() - gc_time[2]
+            gc_time[0] += pause
+            gc_time[1] = max(gc_time[1], pause)
+
+    gc.callbacks.append(gc_clock)
     tag = os.environ.get("BENCH_TAG", "bench")
     agent = await AgentProfile.objects.filter(is_default=True).afirst()
     assert agent is not None
@@ -361,7 +375,9 @@ async def worker_main() -> None:
             print("ok", flush=True)
         elif command == "stats":
             writer = merged_writer()
-            print(json.dumps({"transactions": writer.transactions, "batches": writer.batches}), flush=True)
+            stats = {"transactions": writer.transactions, "batches": writer.batches}
+            print(json.dumps({**stats, "gc_s": gc_time[0], "gc_max_s": gc_time[1]}), flush=True)
+            gc_time[1] = 0.0
         elif command == "drain":
             deadline = time.monotonic() + 60
             while len(pool) and time.monotonic() < deadline:  # noqa: ASYNC110 (polls another module's pool)
@@ -430,11 +446,11 @@ def _write_per_call() -> None:
 # ---- the benchmark ---------------------------------------------------------------------------------
 
 
-async def worker_stats(worker: Any) -> dict[str, int]:
+async def worker_stats(worker: Any) -> dict[str, float]:
     """The merged writer's counters in the worker (0 in the per-call arm, which bypasses it)."""
     worker.stdin.write(b"stats\n")
     await worker.stdin.drain()
-    stats: dict[str, int] = json.loads(await worker.stdout.readline())
+    stats: dict[str, float] = json.loads(await worker.stdout.readline())
     return stats
 
 
@@ -654,6 +670,11 @@ async def session(
                 + " %"
             )
             print(f"{at}generator_cpu: {(gen1 - gen0) / (t1 - t0) * 100:.0f} % (the fake API, this process)")
+            gc_share = (stats1["gc_s"] - stats0["gc_s"]) / (t1 - t0)
+            print(
+                f"{at}worker_gc: {gc_share * 100:.1f} % of the time, "
+                f"longest pause {stats1['gc_max_s'] * 1000:.0f} ms"
+            )
             transactions = stats1["transactions"] - stats0["transactions"]
             if transactions:
                 print(f"{at}transactions_per_s: {transactions / (t1 - t0):.1f} /s (merged writer)")

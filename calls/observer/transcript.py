@@ -101,15 +101,15 @@ class TranscriptAssembler:
 
     def apply(self, event: ServerEvent, at: dt.datetime) -> Effects:
         effects = Effects()
-        if isinstance(event, SpeechEvent):
-            if event.item_id and event.type == "input_audio_buffer.speech_started":
-                self._seen(event.item_id, at)
-        elif isinstance(event, TextDeltaEvent):
+        if isinstance(event, TextDeltaEvent):  # first: most events are deltas
             self._seen(event.item_id, at)
             if event.type != "conversation.item.input_audio_transcription.delta":
                 pieces = self._partials.setdefault(event.item_id, [])
                 if len(pieces) < 10_000:
                     pieces.append(event.delta)
+        elif isinstance(event, SpeechEvent):
+            if event.item_id and event.type == "input_audio_buffer.speech_started":
+                self._seen(event.item_id, at)
         elif isinstance(event, ItemEvent):
             self._item_seen(event, at)
         elif isinstance(event, InputTranscriptionCompleted):
