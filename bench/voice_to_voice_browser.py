@@ -6,7 +6,8 @@ Run: .venv/bin/python -m bench.voice_to_voice_browser [--turns 20] [--modes serv
 Each mode is one call (a fresh engine and Chromium) through the same WAV, in order; the default is
 the product's default profile (`server_vad` 500 ms). `--compare-before` follows each mode with the
 same call on the engine as it was before the latency work (`BEFORE`: aiortc's stock inbound jitter
-buffer, no speculative reply), so both arms run under the same load.
+buffer, no speculative reply, the end of speech at Silero's window), so both arms run under the
+same load.
 
 Loopback only, nothing downloaded. The local engine runs in this process with the real speech stack
 (`SpeechOptions.from_env()`, so `REALTIME_LOCAL_*` apply); a same-origin page server forwards the
@@ -285,8 +286,9 @@ def analyse(
 #: Engine settings of the "before" arm (`--compare-before`): the engine as it was before the
 #: voice-latency work, for an A/B in one run. Names are module attributes of realtime_local.
 BEFORE: dict[str, Any] = {
-    "realtime_local.media.INBOUND_PREFETCH": 4,
+    "realtime_local.media.INBOUND_AUDIO_BUFFER": "aiortc",
     "realtime_local.session.SPECULATIVE_REPLY": False,
+    "realtime_local.speech.vad.REFINE_END_WITH_ENERGY": False,
 }
 
 

@@ -40,25 +40,51 @@ FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 DATA_CHANNEL_LABEL = "oai-events"
 #: Bytes queued on the data channel beyond which server events are dropped (a stuck browser).
 MAX_CHANNEL_BUFFER = 8 * 1024 * 1024
-#: Complete Opus frames aiortc's inbound jitter buffer holds back before releasing the oldest one.
-#: aiortc's own value is 4 (80 ms of every packet's delay); 1 keeps one frame of reordering slack.
-INBOUND_PREFETCH = 1
+#: How inbound audio packets are released to the decoder: "in_order" (`InOrderAudioBuffer`, at once)
+#: or "aiortc" (its stock jitter buffer: each packet waits for four newer frames). A knob for A/B
+#: benchmarks; read when a peer is created.
+INBOUND_AUDIO_BUFFER = "in_order"
+#: A packet this many sequence numbers behind the newest is a restarted stream, not a late packet.
+_MAX_MISORDER = 100
 
-_loopback_installed = False
-_loopback_wanted: contextvars.ContextVar[bool] = contextvars.ContextVar("loopback_candidates", default=False)
+
+class InOrderAudioBuffer:
+    """aiortc's jitter-buffer interface (`add(packet) -> (pli, frame)`) for Opus: no waiting.
+
+    aiortc's audio `RTCRtpReceiver` uses `JitterBuffer(capacity=16, prefetch=4)`: a packet is
+    released only once four newer frames are complete, so every input sample reaches the VAD ~80 ms
+    late, and so does every end of turn (measured from Chromium: end of speech ->
+    `speech_stopped` 676 ms with `silence_duration_ms` 500). Even with no prefetch, its frames leave
+    only when the *next* packet arrives (a frame is complete once a packet with another timestamp
+    follows), 20 ms more. An Opus RTP packet is a whole frame, so this buffer hands each packet to
+    the decoder as it arrives. A packet older than the newest one released (reordered or
+    duplicated) is dropped, and a gap is skipped at once: the VAD and Whisper hear 20 ms missing
+    rather than every packet delayed, and a lost packet no longer stalls the stream until aiortc's
+    buffer overflows (its stock behaviour).
+    """
+
+    capacity = 16
+
+    def __init__(self) -> None:
+        self._expected: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, Any]:
+        from aiortc.jitterbuffer import JitterFrame
+
+        sequence = int(packet.sequence_number)
+        if self._expected is not None:
+            behind = (self._expected - 1 - sequence) & 0xFFFF  # 0: a duplicate of the newest
+            if behind < _MAX_MISORDER:
+                return False, None
+        self._expected = (sequence + 1) & 0xFFFF
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
 
 
-def tighten_inbound_jitter_buffer(receiver: Any, prefetch: int | None = None) -> bool:
-    """Make an audio receiver release each Opus frame as soon as the next one arrives.
+def use_in_order_audio_buffer(receiver: Any) -> bool:
+    """Replace an audio receiver's jitter buffer with `InOrderAudioBuffer` (before any packet).
 
-    aiortc's audio `RTCRtpReceiver` builds `JitterBuffer(capacity=16, prefetch=4)`: every packet waits
-    until four newer frames are complete, so all input audio reaches the VAD ~80 ms late, and so
-    does every end of turn (measured from Chromium: end of speech -> `speech_stopped` 676 ms with
-    `silence_duration_ms` 500, of which ~64 ms is Silero's own lag). Lost packets stall the buffer
-    the same way with either value (it never skips a gap until it is full); what the prefetch buys
-    is tolerance to *reordered* packets, which stays at one frame (20 ms). Replaced before any packet
-    arrives (right after `setRemoteDescription`). The attribute is aiortc's private one, so this
-    returns False (and the default stays) if a future aiortc renames it; a test pins it.
+    The attribute is aiortc's private one, so this returns False (and aiortc's stays) if a future
+    aiortc renames it; a test pins it.
     """
     from aiortc.jitterbuffer import JitterBuffer
 
@@ -66,9 +92,12 @@ def tighten_inbound_jitter_buffer(receiver: Any, prefetch: int | None = None) ->
     current = getattr(receiver, name, None)
     if not isinstance(current, JitterBuffer) or getattr(current, "_is_video", True):
         return False
-    wanted = INBOUND_PREFETCH if prefetch is None else prefetch  # read now: benchmarks compare values
-    setattr(receiver, name, JitterBuffer(capacity=current.capacity, prefetch=wanted))
+    setattr(receiver, name, InOrderAudioBuffer())
     return True
+
+
+_loopback_installed = False
+_loopback_wanted: contextvars.ContextVar[bool] = contextvars.ContextVar("loopback_candidates", default=False)
 
 
 def offer_loopback_candidates(enabled: bool = True) -> None:
@@ -313,8 +342,8 @@ class MediaPeer:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "video":
                 transceiver.direction = "inactive"
-            elif not tighten_inbound_jitter_buffer(transceiver.receiver):
-                logger.warning("aiortc's inbound jitter buffer could not be tightened (aiortc changed?)")
+            elif INBOUND_AUDIO_BUFFER == "in_order" and not use_in_order_audio_buffer(transceiver.receiver):
+                logger.warning("aiortc's inbound jitter buffer could not be replaced (aiortc changed?)")
         pc.addTrack(self.track)  # takes the offer's audio transceiver: one sendrecv Opus track
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)

@@ -38,14 +38,11 @@ def media_sections(sdp: str) -> dict[str, str]:
     return sections
 
 
-async def test_inbound_audio_jitter_buffer_releases_frames_without_prefetching() -> None:
+async def test_inbound_audio_packets_reach_the_decoder_as_they_arrive() -> None:
     """aiortc holds every inbound audio packet until 4 newer frames arrived (80 ms added to every
-    end of turn); the engine's receivers keep one frame of reordering slack instead. This pins the
-    private attribute the engine replaces, so an aiortc upgrade that renames it fails here."""
-    from aiortc.jitterbuffer import JitterBuffer
-    from aiortc.rtp import RtpPacket
-
-    from realtime_local.media import INBOUND_PREFETCH
+    end of turn); the engine's receivers release each packet at once. This pins the private
+    attribute the engine replaces, so an aiortc upgrade that renames it fails here."""
+    from realtime_local.media import InOrderAudioBuffer
 
     pc, offer = await offer_with_video()
     try:
@@ -56,18 +53,34 @@ async def test_inbound_audio_jitter_buffer_releases_frames_without_prefetching()
         audio = [t for t in call.peer.pc.getTransceivers() if t.kind == "audio"]
         assert len(audio) == 1
         buffer = getattr(audio[0].receiver, "_RTCRtpReceiver__jitter_buffer")  # noqa: B009 - private
-        assert isinstance(buffer, JitterBuffer) and INBOUND_PREFETCH == 1
-        # Behaviour: a frame comes out as soon as the next packet arrives (aiortc's default: after 4).
-        released = []
-        for seq in range(3):
-            packet = RtpPacket(sequence_number=seq, timestamp=seq * 960, payload=b"x")
-            packet._data = b"x"  # type: ignore[attr-defined] # the receiver sets the depayloaded frame data before buffering
-            released.append(buffer.add(packet)[1])
-        assert released[0] is None and released[1] is not None and released[1].timestamp == 0
-        assert released[2] is not None and released[2].timestamp == 960
+        assert isinstance(buffer, InOrderAudioBuffer)
         await call.hangup()
     finally:
         await pc.close()
+
+
+def test_in_order_audio_buffer_releases_at_once_skips_gaps_and_drops_late_packets() -> None:
+    from aiortc.rtp import RtpPacket
+
+    from realtime_local.media import InOrderAudioBuffer
+
+    buffer = InOrderAudioBuffer()
+
+    def add(sequence: int) -> int | None:
+        packet = RtpPacket(sequence_number=sequence, timestamp=sequence * 960, payload=b"x")
+        packet._data = b"x"  # type: ignore[attr-defined] # the receiver sets the depayloaded data
+        pli, frame = buffer.add(packet)
+        assert pli is False
+        return None if frame is None else int(frame.timestamp) // 960
+
+    assert add(65534) == 65534  # released as it arrives: no waiting for the next packet
+    assert add(65535) == 65535
+    assert add(0) == 0  # sequence numbers wrap
+    assert add(0) is None  # a duplicate
+    assert add(3) == 3  # a gap (1, 2 lost or late) is skipped at once
+    assert add(2) is None  # a late packet is dropped rather than played out of order
+    assert add(4) == 4
+    assert add(30_000) == 30_000  # a jump forward or a restarted stream goes on from there
 
 
 async def test_answer_has_sendrecv_opus_audio_and_inactive_video() -> None:

@@ -128,3 +128,33 @@ def test_chunk_size_does_not_change_the_result(silero: SileroModel, say: Say) ->
         event for start in range(0, len(audio), 700) for event in large.feed(audio[start : start + 700])
     ]
     assert by_20ms == by_700
+
+
+@pytest.mark.parametrize("noise_rms", [0, 150])
+def test_the_end_of_speech_is_where_the_sound_stops_not_where_silero_notices(
+    silero: SileroModel, say: Say, noise_rms: int
+) -> None:
+    """Silero's probability falls one to three windows after the speech; the silence (and
+    `audio_end_ms`) is counted from the last loud 10 ms frame instead, also over steady noise."""
+    from realtime_local.speech import vad as vad_module
+
+    speech = say("Can you tell me a joke")
+    _first_ms, last_ms = speech_bounds_ms(speech)
+    rng = np.random.default_rng(7)
+    clean = np.concatenate([silence(1.0), speech, silence(1.2)]).astype(np.float64)
+    audio = np.clip(clean + rng.standard_normal(len(clean)) * noise_rms, -32768, 32767).astype(np.int16)
+    ends = {}
+    for refine in (False, True):
+        vad_module.REFINE_END_WITH_ENERGY = refine
+        try:
+            detector = ServerVadTurnDetector(silero, TurnDetectionConfig(silence_duration_ms=500))
+            stops = [(e, fed) for e, fed in feed_all(detector, audio) if e.kind == "speech_stopped"]
+        finally:
+            vad_module.REFINE_END_WITH_ENERGY = True
+        assert len(stops) == 1
+        (stopped, fed_ms) = stops[0]
+        assert 500 <= fed_ms - stopped.audio_ms <= 500 + 32 + 20  # the wait is still a full 500 ms
+        ends[refine] = stopped.audio_ms - (1000 + last_ms)
+    # At the sound's end (10 ms frames); over noise, a faint release may count as noise.
+    assert -30 <= ends[True] <= 15, ends
+    assert ends[True] <= ends[False]  # never later than Silero's own window
