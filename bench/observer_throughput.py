@@ -1,7 +1,7 @@
 """Observer throughput: K live calls' sidebands streaming events into one observer worker process.
 
 Run: .venv/bin/python -m bench.observer_throughput [--steps 50 100 200 400 600] [--measure-s 15]
-     [--profile DIR] [--redis redis://127.0.0.1:6379/6]
+     [--profile DIR] [--redis redis://127.0.0.1:6379/6] [--compare]
 
 Loopback only, a fresh PostgreSQL database (created and dropped here, on DATABASE_HOST/127.0.0.1).
 
@@ -10,11 +10,14 @@ Loopback only, a fresh PostgreSQL database (created and dropped here, on DATABAS
   (protocol.md §6: no `response.output_audio.delta`, the audio is on the media track): the user
   speaks 2 s (input transcription deltas, 10/s), then the turn-taking events, then the assistant
   speaks 3 s with `response.output_audio_transcript.delta` at 50/s, then the done events with
-  usage and 1 s of silence: 194 events per 6.6 s turn, about 29 events/s per call on average and
-  50/s while the agent speaks. Calls start at random phases. Each `event_id` carries its send time.
+  usage and 1 s of silence: 186 events per 6.7 s turn (`observer.script`), about 28 events/s per
+  call on average and 50/s while the agent speaks. Calls start at random phases. Each `event_id`
+  carries its send time.
 - The worker is a separate process (`--worker`, started here): Django + the observer pool
-  (`calls.observer.worker.pool`) exactly as `runworker call-observer` runs it, minus the channel
-  message that asks it to start (it is given the call ids on stdin).
+  (`calls.observer.worker.pool`) exactly as `runworker call-observer` runs it (its merged writer,
+  `tune_gc()`), minus the channel message that asks it to start (it is given the call ids on
+  stdin). The fake API runs in this process, so it competes with the worker only for the cores;
+  its CPU is printed (`generator_cpu`).
 - The benchmark adds calls up to each K, lets them run `--warm-s`, then measures for `--measure-s`:
   the worker's CPU (utime+stime from /proc) and RSS, events stored per second, and event → database
   latency from the send time in `event_id` to the row's insertion time (a `clock_timestamp()`
@@ -22,13 +25,18 @@ Loopback only, a fresh PostgreSQL database (created and dropped here, on DATABAS
   window but not stored 2 s after it count as "late" (their latency is past every percentile).
   Also `received` latency (send → the observer's `received_at`), which splits the loop's lag from
   the write path's.
+- Also: worker CPU per event and split by thread (`main`: the event loop, sockets, parsing and the
+  observers; `threads`: mostly the database writes), time in the garbage collector and its longest
+  pause, merged transactions per second and calls per transaction.
 - At the end the fake API ends every call (sockets closed, 404 on reconnect), the observers flush
   and finish, and every event sent is looked for in the database: `lost` must be 0.
+- `--compare`: at each K a fresh worker with the code before the merged writer (one transaction
+  per call per flush, patched in) and one with the merged writer, the first alternating.
 
 Every observer flushes at turn boundaries and every 0.25 s (`flush_interval`), so the p50 of
 events that are not boundaries is about half of that by design; the boundary events (flushed at
 once) show the write path alone. `p99_over_250ms_at` is the first K whose all-events p99 passed
-250 ms.
+250 ms (the first K, by that design), `boundary_p99_over_250ms_at` the first whose boundary p99 did.
 """
 
 from __future__ import annotations
@@ -609,6 +617,7 @@ async def session(
         print(f"{name}worker_rss_0_calls: {rss_idle:.1f} MB")
         current = 0
         crossed: int | None = None
+        boundary_crossed: int | None = None
         for k in steps:
             worker.stdin.write(f"add {k - current}\n".encode())
             await worker.stdin.drain()
@@ -685,11 +694,17 @@ async def session(
             print(f"machine.{label}k{k}.load_average: {os.getloadavg()[0]:.2f}", flush=True)
             if crossed is None and p99 * 1000 > 250:
                 crossed = k
+            if boundary_crossed is None and (b99 * 1000 > 250 or late > 0.01 * sent):
+                boundary_crossed = k
             if late > 0.1 * sent:  # the worker is past what it can store: larger K says nothing more
                 print(f"{name}stopped_after: {k} calls (over 10% of the events late)")
                 break
         if len(steps) > 1:
             print(f"{name}p99_over_250ms_at: {crossed if crossed is not None else 'none'} calls")
+            print(
+                f"{name}boundary_p99_over_250ms_at: "
+                f"{boundary_crossed if boundary_crossed is not None else 'none'} calls"
+            )
         await api.end()
         worker.stdin.write(b"drain\n")
         await worker.stdin.drain()
@@ -755,7 +770,10 @@ def main() -> int:
     random.seed(9)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     print(f"observer.script: {len(SCRIPT)} events per {TURN_S:.1f} s turn per call")
-    return asyncio.run(run(options))
+    started = time.monotonic()
+    code = asyncio.run(run(options))
+    print(f"observer.bench_wall: {time.monotonic() - started:.0f} s")
+    return code
 
 
 if __name__ == "__main__":
