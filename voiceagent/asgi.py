@@ -1,9 +1,12 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels' URL router, and the
-`channel` protocol (messages on named channels, run by `manage.py runworker call-observer`)."""
+`channel` protocol (messages on named channels, run by `manage.py runworker call-observer`).
+
+HTTP goes through `voiceagent.handler.InlineMiddlewareASGIHandler`: Django's handler, with the
+I/O-free middleware hooks run on the event loop instead of a thread hop each."""
 
 import os
 
-from django.core.asgi import get_asgi_application
+from voiceagent.handler import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceagent.settings")
 # Django must be set up before the routing modules import models.

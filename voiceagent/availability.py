@@ -73,11 +73,12 @@ async def release_db_connection() -> None:
     """
     from asgiref.sync import sync_to_async
 
-    await sync_to_async(_release)()
+    await sync_to_async(release_db_connection_sync)()
 
 
-def _release() -> None:
-    """On the thread that owns the request's connection (a connection belongs to one thread)."""
+def release_db_connection_sync() -> None:
+    """`release_db_connection` from sync code, on the thread that owns the request's connection (a
+    connection belongs to one thread): a set-up calls it at the end of its own thread hand-off."""
     from django.db import connection
 
     if not connection.in_atomic_block:  # inside a transaction (a test's, say) it must stay

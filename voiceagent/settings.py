@@ -305,6 +305,11 @@ CACHES: dict[str, Any] = {
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "voiceagent"}
     )
 }
+# Sessions: in the database. Without Redis (one process: `manage.py serve`) they are read through a
+# memory cache of the process's own (voiceagent/sessions.py), which saves every signed-in request a
+# query. With Redis (several processes) they stay plain "db", so a logout is seen by every process.
+if not REDIS_URL:
+    SESSION_ENGINE = "voiceagent.sessions"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import Final
 
+from asgiref.sync import sync_to_async
 from channels.exceptions import ChannelFull
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError
@@ -24,7 +25,7 @@ from redis.exceptions import RedisError
 
 from calls.models import AgentProfile, Call
 from calls.observer.dispatch import ObserverUnavailableError, request_observation, request_stop
-from calls.services.ratelimit import check_rate
+from calls.services.ratelimit import check_rate, check_rate_sync
 from calls.services.realtime_client import (
     ClientSecret,
     RealtimeClient,
@@ -32,7 +33,7 @@ from calls.services.realtime_client import (
     check_provider_call_id,
 )
 from calls.services.session_config import WEB_MODES, build_session_config
-from voiceagent.availability import release_db_connection
+from voiceagent.availability import release_db_connection_sync
 from voiceagent.monitoring.logs import bind_call_id
 from voiceagent.monitoring.metrics import instrument_call_setup
 
@@ -119,6 +120,33 @@ async def amark_call_failed(*, call: Call, error: str) -> None:
         call.status, call.error, call.end_reason, call.ended_at = Call.Status.FAILED, error, "failed", now
 
 
+def _open_web_call(*, user: UserLike, call_mode: Call.Mode, transport: str) -> tuple[Call, AgentProfile]:
+    """The database side of a set-up before the offer goes upstream, in one thread hand-off (sync):
+    count the set-up against the user's rate, read the default profile, insert the `connecting`
+    Call (committed: autocommit), then give the connection back while the API answers."""
+    if isinstance(user, User):
+        check_rate_sync(scope="rtc", user_pk=user.pk, setting="RTC_RATE_LIMIT", what="call set-ups")
+    profile = AgentProfile.objects.order_by("-is_default", "name").first()
+    if profile is None:
+        raise CallSetupError("No agent profile exists; create one in the admin.", code="no_agent_profile")
+    call = Call.objects.create(
+        source=Call.Source.WEB,
+        mode=call_mode,
+        transport=Call.Transport(transport),
+        user=user if isinstance(user, User) else None,
+        agent=profile,
+        status=Call.Status.CONNECTING,
+    )
+    release_db_connection_sync()  # not held while the API answers (voiceagent/availability.py)
+    return call, profile
+
+
+def _record_provider_call_id(call: Call) -> None:
+    """Store the provider's call id (sync) and give the connection back at once."""
+    call.save(update_fields=["provider_call_id"])
+    release_db_connection_sync()
+
+
 @instrument_call_setup()  # voiceagent_call_setups_total{transport="proxy"}, set-up latency
 async def start_web_call(
     *, user: UserLike, offer_sdp: str, mode: str, transport: str = Call.Transport.PROXY
@@ -127,23 +155,14 @@ async def start_web_call(
 
     The Call row exists (status `connecting`) before the offer goes upstream, so a failure is on
     record: the call becomes `failed` with the reason and the `RealtimeError` propagates. On success
-    the provider's call id is stored and the observer is asked to attach. Three queries.
+    the provider's call id is stored and the observer is asked to attach. Three queries in two
+    thread hand-offs (rate count + profile + insert; the call id), and the API over a kept-alive
+    connection (`realtime_client`).
     """
     call_mode = _check_mode(mode)
-    if isinstance(user, User):
-        await check_rate(scope="rtc", user_pk=user.pk, setting="RTC_RATE_LIMIT", what="call set-ups")
-    profile = await _agent_profile()
-    call = await Call.objects.acreate(
-        source=Call.Source.WEB,
-        mode=call_mode,
-        transport=Call.Transport(transport),
-        user=user if isinstance(user, User) else None,
-        agent=profile,
-        status=Call.Status.CONNECTING,
-    )
+    call, profile = await sync_to_async(_open_web_call)(user=user, call_mode=call_mode, transport=transport)
     bind_call_id(call.id)
     session = build_session_config(profile, mode=call_mode)
-    await release_db_connection()  # not held while the API answers (voiceagent/availability.py)
     try:
         async with RealtimeClient() as client:
             created = await client.create_call(offer_sdp=offer_sdp, session=session)
@@ -158,7 +177,7 @@ async def start_web_call(
         )
         raise
     call.provider_call_id = created.provider_call_id
-    await call.asave(update_fields=["provider_call_id"])
+    await sync_to_async(_record_provider_call_id)(call)
     logger.info("call %s started as %s", call.id, created.provider_call_id)
     await _observe(call)
     return call, created.answer_sdp

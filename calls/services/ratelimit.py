@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
@@ -60,10 +61,12 @@ def parse_rate(text: str, *, setting: str) -> Rate | None:
     return Rate(count=int(match.group(1)), period_s=multiplier * _PERIODS[match.group(3)])
 
 
-async def check_rate(*, scope: str, user_pk: object, setting: str, what: str) -> None:
+def check_rate_sync(*, scope: str, user_pk: object, setting: str, what: str) -> None:
     """Count one request of `user_pk` against the rate in settings.`setting`; `RateLimited` past it.
 
-    `what` names the thing limited in the refusal ("call set-ups"), which the user reads.
+    `what` names the thing limited in the refusal ("call set-ups"), which the user reads. Sync, so
+    that a call set-up can count itself in the same thread hand-off as its database work; the count
+    is the cache's own atomic increment (Redis INCR; LocMem under its lock), never a read-then-write.
     """
     rate = parse_rate(str(getattr(settings, setting)), setting=setting)
     if rate is None:
@@ -72,11 +75,11 @@ async def check_rate(*, scope: str, user_pk: object, setting: str, what: str) ->
     window = int(now // rate.period_s)
     key = f"ratelimit:{scope}:{user_pk}:{window}"
     ttl = rate.period_s + 30
-    await cache.aadd(key, 0, timeout=ttl)
+    cache.add(key, 0, timeout=ttl)
     try:
-        count = await cache.aincr(key)
+        count = cache.incr(key)
     except ValueError:  # the key expired between add and incr: this is the window's first request
-        await cache.aset(key, 1, timeout=ttl)
+        cache.set(key, 1, timeout=ttl)
         count = 1
     if count > rate.count:
         retry_after = max(1, int((window + 1) * rate.period_s - now) + 1)
@@ -84,3 +87,9 @@ async def check_rate(*, scope: str, user_pk: object, setting: str, what: str) ->
             f"Too many {what}: at most {rate.describe()}. Try again in {retry_after} s.",
             retry_after=retry_after,
         )
+
+
+async def check_rate(*, scope: str, user_pk: object, setting: str, what: str) -> None:
+    """`check_rate_sync` for async callers: one thread hand-off (Django's async cache methods would
+    take three, and their `aincr` is a get and a set: two concurrent requests could both count 1)."""
+    await sync_to_async(check_rate_sync)(scope=scope, user_pk=user_pk, setting=setting, what=what)

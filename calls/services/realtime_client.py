@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import ssl
+import weakref
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -200,11 +201,60 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+#: One HTTP client per event loop, shared by every `RealtimeClient` on it (see `shared_http_client`).
+_SHARED_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+#: Idle kept-alive connections to the API, per loop (a burst of set-ups opens more; these stay).
+KEEPALIVE_CONNECTIONS: Final = 32
+#: Seconds an idle kept-alive connection stays open (servers close theirs after a while anyway).
+KEEPALIVE_EXPIRY_S: Final = 20.0
+
+
+def shared_http_client() -> httpx.AsyncClient:
+    """The running loop's HTTP client for the Realtime API, made on first use.
+
+    Built without a base URL, key or timeout (each request carries its own, so settings changes and
+    clients for other keys share it): what it keeps is its connection pool, so set-ups reuse kept-alive
+    connections (no TCP, and against OpenAI no TLS, handshake per call) and nobody builds and tears down
+    a client per request (~1.2 ms of CPU each on our 2-core box). An `httpx.AsyncClient` belongs to one
+    loop; `aclose_shared_http_client` closes the loop's client at shutdown (`manage.py serve`).
+    """
+    loop = asyncio.get_running_loop()
+    for closed in [other for other in _SHARED_CLIENTS if other.is_closed()]:
+        # A finished loop (asyncio.run, async_to_sync outside a server): forget its client, whose
+        # connections refer to the loop and would otherwise keep both alive.
+        del _SHARED_CLIENTS[closed]
+    client = _SHARED_CLIENTS.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            verify=_tls_context(),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            ),
+        )
+        _SHARED_CLIENTS[loop] = client
+    return client
+
+
+async def aclose_shared_http_client() -> None:
+    """Close the running loop's shared client (its kept-alive connections), if it has one."""
+    client = _SHARED_CLIENTS.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
 class RealtimeClient:
-    """An async client for the Realtime REST surface; one per unit of work (`async with` it).
+    """An async client for the Realtime REST surface (`async with` it, or not: it holds nothing).
 
     Base URL, key and timeout default to `REALTIME_BASE_URL`, `REALTIME_API_KEY` and
     `REALTIME_HTTP_TIMEOUT`. The timeout bounds connecting, each read, and the whole exchange.
+    Requests go through the loop's shared connection pool (`shared_http_client`), with this
+    client's key and timeout on each request.
     """
 
     def __init__(
@@ -213,13 +263,6 @@ class RealtimeClient:
         self.base_url = (base_url if base_url is not None else settings.REALTIME_BASE_URL).rstrip("/")
         self._api_key = api_key if api_key is not None else settings.REALTIME_API_KEY
         self.timeout = float(timeout if timeout is not None else settings.REALTIME_HTTP_TIMEOUT)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout),
-            headers={"Authorization": f"Bearer {self._api_key}"},
-            follow_redirects=False,
-            trust_env=False,
-            verify=_tls_context(),
-        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -230,7 +273,7 @@ class RealtimeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Nothing to release: the connections belong to the loop's shared client."""
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -239,7 +282,13 @@ class RealtimeClient:
         url = self.base_url + path
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._http.stream("POST", url, **kwargs) as response:
+                async with shared_http_client().stream(
+                    "POST",
+                    url,
+                    headers={"Authorization": f"Bearer {self._api_key}"},
+                    timeout=httpx.Timeout(self.timeout),
+                    **kwargs,
+                ) as response:
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk

@@ -206,6 +206,18 @@ def _webhook_url(host: str, port: int) -> str:
     return f"http://{display}:{port}/telephony/webhook"
 
 
+def _close_shared_http_client() -> Any:
+    """At reactor shutdown: close the loop's pooled client to the Realtime API (its kept-alive
+    connections; `calls.services.realtime_client.shared_http_client`). A Deferred for Twisted."""
+    import asyncio
+
+    from twisted.internet.defer import Deferred
+
+    from calls.services.realtime_client import aclose_shared_http_client
+
+    return Deferred.fromFuture(asyncio.ensure_future(aclose_shared_http_client()))
+
+
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM before the server runs: unwind like Ctrl-C so the engine child is stopped too."""
     raise KeyboardInterrupt
@@ -360,6 +372,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, on_signal)
 
         reactor.callWhenRunning(install_handlers)
+        reactor.addSystemEventTrigger("before", "shutdown", _close_shared_http_client)
         server.run()
         if server.listen_failure is not None:
             raise CommandError(f"Cannot listen on {host}:{port}: {server.listen_failure}")
