@@ -5,8 +5,10 @@ What it does with each server event, in arrival order:
 2. parses it leniently (`calls.observer.events`) and feeds the transcript assembler;
 3. guards the session: a `session.updated` whose instructions or tools are not ours is answered with a
    `session.update` putting ours back and a `voiceagent.security.session_tampered` event;
-4. flushes the buffer (events, turns, usage, status in one transaction) at every turn boundary, every
-   `flush_interval` seconds, and on close; then publishes the flushed events to `call.<uuid>`.
+4. flushes the buffer (events, turns, usage, status in one transaction, shared with the batches of
+   the worker's other calls: calls.observer.writers) at every turn boundary, every `flush_interval`
+   seconds, and on close; then publishes the flushed events to `call.<uuid>`. A call with
+   `MAX_BUFFERED_EVENTS` unwritten events is not read further until its write is done.
 
 Lifecycle (design principle 12): `run()` is the call's one cancellation scope (its flush timer and
 duration guard are cancelled with it); every (re)connection is a numbered attempt, and a reader whose
