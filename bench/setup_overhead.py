@@ -1,11 +1,12 @@
 """Call set-up overhead of our SDP proxy: offer → answer through `POST /rtc` versus straight to the engine.
 
 Run: .venv/bin/python -m bench.setup_overhead [--rounds-c1 60] [--concurrency 1 10 50] [--profile DIR]
+     [--compare stock_whitenoise | --compare-ref GITREF]
 
 Loopback only. Starts the local engine (`python -m realtime_local --no-speech`, its own process) and
 the product (`manage.py serve --no-engine`, daphne, production settings but plain-HTTP cookies, a
-throw-away SQLite database, the call observer embedded as in `make run`), signs in as the seeded
-staff user, then at each concurrency runs rounds of `c` simultaneous offers alternately
+throw-away PostgreSQL database `h_setup_<pid>`, the call observer embedded as in `make run`), signs
+in as the seeded staff user, then at each concurrency runs rounds of `c` simultaneous offers alternately
 
 - *direct*: `POST {engine}/v1/realtime/calls` (multipart `sdp` + `session`, the request our proxy
   makes itself, over a kept-alive connection as a browser would);
@@ -20,6 +21,8 @@ offers made before any timing. After each round its calls are hung up (the proxy
 Prints `name: value unit` lines: p50/p95/p99 per arm and concurrency, the proxy's added p50 and
 the p50/p95 ratios. `--profile DIR` also records the web server with py-spy during the run
 (DIR/server.speedscope.json, DIR/server.txt: the hottest frames; see bench/profiling.py).
+`--compare-ref GITREF` serves the product as it was at that commit (exported with `git archive`) as
+a third interleaved arm, `proxy_ref`: before and after in one run.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +49,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.profiling import py_spy  # noqa: E402
-from scripts.screenshots import DEMO_PASSWORD, DEMO_USERNAME, demo_server, free_port  # noqa: E402
+from scripts.screenshots import (  # noqa: E402
+    DEMO_PASSWORD,
+    DEMO_USERNAME,
+    SEED_COMMAND,
+    DemoServer,
+    _wait_healthy,
+    free_port,
+)
 
 API_KEY = "sk-local"
 #: The session our proxy sends for the default agent (same shape, same size), for the direct arm.
@@ -274,12 +286,79 @@ def postgres_database(name: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def web_server(engine: str, *, settings_module: str, database: str) -> Iterator[Any]:
+def exported_tree(ref: str) -> Iterator[Path]:
+    """The repository's files at `ref` (`git archive`, nothing in .git changes), removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="setup-overhead-ref-"))
+    try:
+        archive = subprocess.run(["git", "archive", ref], cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def served(
+    repo: Path, env_overrides: dict[str, str], serve_args: tuple[str, ...] = ()
+) -> Iterator[DemoServer]:
+    """`manage.py serve --no-engine` from `repo` (this checkout or an exported ref), production
+    settings on a migrated and seeded database, as scripts/screenshots.py's demo server does."""
+    workdir = Path(tempfile.mkdtemp(prefix="setup-overhead-"))
+    env = {key: value for key, value in os.environ.items() if key not in {"REDIS_URL", "OPENAI_API_KEY"}}
+    env.update(
+        DEBUG="false", SECRET_KEY="bench-only-key-" + "x" * 40, LOG_LEVEL="WARNING", PYTHONPATH=str(repo)
+    )
+    env.update(env_overrides)
+    manage = [sys.executable, str(repo / "manage.py")]
+    log_path = workdir / "server.log"
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run([*manage, "migrate", "--noinput"], cwd=repo, env=env, check=True, capture_output=True)
+        seeded = subprocess.run(
+            [*manage, "shell", "-c", SEED_COMMAND],
+            cwd=repo,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        port = free_port()
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [*manage, "serve", "--no-engine", *serve_args, "--host", "127.0.0.1", "--port", str(port)],
+                cwd=repo,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_healthy(f"{base_url}/healthz", process, timeout_s=60, log_path=log_path)
+        yield DemoServer(
+            base_url=base_url,
+            call_id=seeded.stdout.strip().splitlines()[-1],
+            log_path=log_path,
+            process=process,
+        )
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def web_server(
+    engine: str, *, settings_module: str, database: str, repo: Path = REPO, serve_args: tuple[str, ...] = ()
+) -> Iterator[Any]:
     with (
         postgres_database(database) as database_url,
-        demo_server(
-            debug=False,
-            extra_env={
+        served(
+            repo,
+            {
                 "SECURE_COOKIES": "false",
                 "DATABASE_URL": database_url,
                 "DJANGO_SETTINGS_MODULE": settings_module,
@@ -287,9 +366,18 @@ def web_server(engine: str, *, settings_module: str, database: str) -> Iterator[
                 "REALTIME_API_KEY": API_KEY,
                 "RTC_RATE_LIMIT": "1000000/m",  # the benchmark sets up thousands of calls a minute
             },
+            serve_args,
         ) as server,
     ):
         yield server
+
+
+def git_describe(ref: str) -> str:
+    """The commit `ref` names, short hash and subject."""
+    out = subprocess.run(
+        ["git", "log", "-1", "--format=%h %s", ref], cwd=REPO, capture_output=True, text=True
+    )
+    return out.stdout.strip()[:100]
 
 
 def main() -> int:
@@ -299,15 +387,18 @@ def main() -> int:
     parser.add_argument("--min-samples", type=int, default=100, help="calls per arm at least (default 100)")
     parser.add_argument("--profile", type=Path, help="record the web server with py-spy into this folder")
     parser.add_argument("--compare", choices=sorted(VARIANTS), help="one more arm: an earlier configuration")
+    parser.add_argument(
+        "--compare-ref",
+        metavar="GITREF",
+        help="one more arm, `proxy_ref`: the product as it was at this commit (exported with git archive)",
+    )
     options = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     with contextlib.ExitStack() as stack:
         engine, _ = stack.enter_context(engine_process())
         servers = {
             "proxy": stack.enter_context(
-                web_server(
-                    engine, settings_module="voiceagent.settings", database=f"va_bench_setup_{os.getpid()}"
-                )
+                web_server(engine, settings_module="voiceagent.settings", database=f"h_setup_{os.getpid()}")
             )
         }
         if options.compare:
@@ -315,9 +406,20 @@ def main() -> int:
                 web_server(
                     engine,
                     settings_module=VARIANTS[options.compare],
-                    database=f"va_bench_setup_{os.getpid()}_b",
+                    database=f"h_setup_{os.getpid()}_b",
                 )
             )
+        if options.compare_ref:
+            tree = stack.enter_context(exported_tree(options.compare_ref))
+            servers["proxy_ref"] = stack.enter_context(
+                web_server(
+                    engine,
+                    settings_module="voiceagent.settings",
+                    database=f"h_setup_{os.getpid()}_ref",
+                    repo=tree,
+                )
+            )
+            print(f"proxy_ref: {options.compare_ref} ({git_describe(options.compare_ref)})")
         with py_spy(servers["proxy"].process.pid, options.profile, "server"):
             code = asyncio.run(
                 main_async({arm: server.base_url for arm, server in servers.items()}, engine, options)
