@@ -26,13 +26,11 @@ import logging
 import re
 import ssl
 import weakref
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import aiohttp
 import httpx
 from django.conf import settings
 
@@ -139,7 +137,7 @@ def _clip(text: str) -> str:
     return flat if len(flat) <= MAX_MESSAGE_CHARS else flat[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _retry_after(headers: Mapping[str, str]) -> int | None:
+def _retry_after(headers: httpx.Headers) -> int | None:
     """The `Retry-After` delay in whole seconds (HTTP dates are ignored: the API sends seconds)."""
     raw = headers.get("retry-after", "").strip()
     if not raw:
@@ -183,7 +181,7 @@ class _Answer:
     """An upstream answer with its body read (bounded)."""
 
     status: int
-    headers: Mapping[str, str]
+    headers: httpx.Headers
     body: bytes
 
     def text(self) -> str:
@@ -203,64 +201,60 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-#: The HTTP session each long-lived event loop shares (see `share_http_client_on_this_loop`).
-_SHARED_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+#: One HTTP client per event loop, shared by every `RealtimeClient` on it (see `shared_http_client`).
+_SHARED_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
     weakref.WeakKeyDictionary()
 )
+#: Idle kept-alive connections to the API, per loop (a burst of set-ups opens more; these stay).
+KEEPALIVE_CONNECTIONS: Final = 32
 #: Seconds an idle kept-alive connection stays open (servers close theirs after a while anyway).
 KEEPALIVE_EXPIRY_S: Final = 20.0
 
 
-def _new_session() -> aiohttp.ClientSession:
-    """An HTTP session for the API: no cookies kept, no proxy from the environment, our TLS context.
+def shared_http_client() -> httpx.AsyncClient:
+    """The running loop's HTTP client for the Realtime API, made on first use.
 
-    aiohttp rather than httpx: httpcore's pool checks every idle connection with system calls on each
-    request, which with 50 set-ups at once on one pool cost more CPU than the requests themselves
-    (bench/README.md "Profiles"); aiohttp's client also costs ~30% less CPU per request here.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_EXPIRY_S, ssl=_tls_context()),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-    )
-
-
-def share_http_client_on_this_loop() -> aiohttp.ClientSession:
-    """Give the running loop one HTTP session that every `RealtimeClient` on it uses from now on.
-
-    For a server's loop (`manage.py serve` calls it at start and `aclose_shared_http_client` at
-    shutdown): set-ups then reuse kept-alive connections to the API (no TCP, and against OpenAI no
-    TLS, handshake per call) and nobody builds and tears down a client per request (~1.2 ms of CPU
-    each on our 2-core box). Elsewhere (tests, one-off loops) each `RealtimeClient` keeps a session
-    of its own, closed with it: a shared one would outlive its loop unclosed.
+    Built without a base URL, key or timeout (each request carries its own, so settings changes and
+    clients for other keys share it): what it keeps is its connection pool, so set-ups reuse kept-alive
+    connections (no TCP, and against OpenAI no TLS, handshake per call) and nobody builds and tears down
+    a client per request (~1.2 ms of CPU each on our 2-core box). An `httpx.AsyncClient` belongs to one
+    loop; `aclose_shared_http_client` closes the loop's client at shutdown (`manage.py serve`).
     """
     loop = asyncio.get_running_loop()
+    for closed in [other for other in _SHARED_CLIENTS if other.is_closed()]:
+        # A finished loop (asyncio.run, async_to_sync outside a server): forget its client, whose
+        # connections refer to the loop and would otherwise keep both alive.
+        del _SHARED_CLIENTS[closed]
     client = _SHARED_CLIENTS.get(loop)
-    if client is None or client.closed:
-        client = _SHARED_CLIENTS[loop] = _new_session()
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            verify=_tls_context(),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            ),
+        )
+        _SHARED_CLIENTS[loop] = client
     return client
 
 
-def shared_http_client() -> aiohttp.ClientSession | None:
-    """The running loop's shared session, if it has one (and it is open)."""
-    client = _SHARED_CLIENTS.get(asyncio.get_running_loop())
-    return None if client is None or client.closed else client
-
-
 async def aclose_shared_http_client() -> None:
-    """Close the running loop's shared session (its kept-alive connections), if it has one."""
+    """Close the running loop's shared client (its kept-alive connections), if it has one."""
     client = _SHARED_CLIENTS.pop(asyncio.get_running_loop(), None)
     if client is not None:
-        await client.close()
+        await client.aclose()
 
 
 class RealtimeClient:
-    """An async client for the Realtime REST surface; one per unit of work (`async with` it).
+    """An async client for the Realtime REST surface (`async with` it, or not: it holds nothing).
 
     Base URL, key and timeout default to `REALTIME_BASE_URL`, `REALTIME_API_KEY` and
     `REALTIME_HTTP_TIMEOUT`. The timeout bounds connecting, each read, and the whole exchange.
-    Requests go through the loop's shared session when it has one (`share_http_client_on_this_loop`),
-    else through a session of this client's own, made on the first request and closed with it.
+    Requests go through the loop's shared connection pool (`shared_http_client`), with this
+    client's key and timeout on each request.
     """
 
     def __init__(
@@ -269,7 +263,6 @@ class RealtimeClient:
         self.base_url = (base_url if base_url is not None else settings.REALTIME_BASE_URL).rstrip("/")
         self._api_key = api_key if api_key is not None else settings.REALTIME_API_KEY
         self.timeout = float(timeout if timeout is not None else settings.REALTIME_HTTP_TIMEOUT)
-        self._own: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -280,18 +273,7 @@ class RealtimeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close this client's own session, if it made one (a shared one stays open)."""
-        own, self._own = self._own, None
-        if own is not None:
-            await own.close()
-
-    def _session(self) -> aiohttp.ClientSession:
-        shared = shared_http_client()
-        if shared is not None:
-            return shared
-        if self._own is None or self._own.closed:
-            self._own = _new_session()
-        return self._own
+        """Nothing to release: the connections belong to the loop's shared client."""
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -300,31 +282,28 @@ class RealtimeClient:
         url = self.base_url + path
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._session().post(
+                async with shared_http_client().stream(
+                    "POST",
                     url,
                     headers={"Authorization": f"Bearer {self._api_key}"},
-                    timeout=aiohttp.ClientTimeout(total=self.timeout),
-                    allow_redirects=False,
+                    timeout=httpx.Timeout(self.timeout),
                     **kwargs,
                 ) as response:
                     body = bytearray()
-                    async for chunk in response.content.iter_any():
+                    async for chunk in response.aiter_bytes():
                         body += chunk
                         if len(body) > MAX_RESPONSE_BYTES:
                             raise RealtimeUnavailable(
                                 f"The Realtime API's answer exceeded {MAX_RESPONSE_BYTES // 1024} KiB.",
-                                status=response.status,
+                                status=response.status_code,
                                 code="answer_too_large",
                             )
-                    answer = _Answer(status=response.status, headers=response.headers, body=bytes(body))
-        except TimeoutError:  # asyncio's, and aiohttp's own timeouts (ServerTimeoutError)
+                    answer = _Answer(status=response.status_code, headers=response.headers, body=bytes(body))
+        except (TimeoutError, httpx.TimeoutException):
             raise RealtimeTimeout(
                 f"The Realtime API did not answer within {self.timeout:g} s.", code="upstream_timeout"
             ) from None
-        except (
-            aiohttp.ClientError,
-            ValueError,
-        ) as exc:  # ValueError/InvalidURL: a mistyped REALTIME_BASE_URL
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a mistyped REALTIME_BASE_URL
             raise RealtimeUnavailable(
                 f"Could not reach the Realtime API at {self.base_url}: {type(exc).__name__}.",
                 code="upstream_unreachable",
@@ -341,10 +320,11 @@ class RealtimeClient:
 
     async def create_call(self, *, offer_sdp: str, session: dict[str, Any]) -> CreatedCall:
         """Send the offer with our session config (multipart `sdp` + `session`); the answer and call id."""
-        form = aiohttp.FormData()
-        form.add_field("sdp", offer_sdp, content_type="application/sdp")
-        form.add_field("session", json.dumps(session), content_type="application/json")
-        response = await self._request("/realtime/calls", data=form)
+        files = {
+            "sdp": (None, offer_sdp, "application/sdp"),
+            "session": (None, json.dumps(session), "application/json"),
+        }
+        response = await self._request("/realtime/calls", files=files)
         answer_sdp = response.text()
         if not looks_like_sdp(answer_sdp):
             content_type = response.headers.get("content-type", "no content type")

@@ -1,95 +1,69 @@
-"""`realtime_client`: a server's loop shares one HTTP session, kept-alive to the API; elsewhere each
-client has its own, closed with it."""
+"""`realtime_client.shared_http_client`: one pooled HTTP client per event loop, kept-alive to the API."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from calls.services import realtime_client
-from calls.services.realtime_client import (
-    RealtimeClient,
-    aclose_shared_http_client,
-    share_http_client_on_this_loop,
-    shared_http_client,
-)
+from calls.services.realtime_client import RealtimeClient, aclose_shared_http_client, shared_http_client
+from tests.web.conftest import FakeUpstream, Respond
+
+StartUpstream = Callable[[Respond], Awaitable[FakeUpstream]]
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, int]]]]:
-    """A loopback API that answers every request and records (Authorization, client port)."""
-    seen: list[tuple[str, int]] = []
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        seen.append((request.headers.get("Authorization", ""), peer[1] if peer else 0))
-        status = 500 if "rtc_failing" in request.path else 200
-        return web.Response(status=status, text="{}", content_type="application/json")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
-    await aclose_shared_http_client()
-    await runner.cleanup()
+async def hung_up(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=200, text="{}", content_type="application/json")
 
 
 async def test_clients_on_one_loop_share_one_pool_and_reuse_its_connection(
-    upstream: tuple[str, list[tuple[str, int]]],
+    fake_upstream: StartUpstream,
 ) -> None:
-    base_url, seen = upstream
-    session = share_http_client_on_this_loop()
+    upstream = await fake_upstream(hung_up)
     for key in ("sk-one", "sk-two"):
-        async with RealtimeClient(base_url=base_url, api_key=key, timeout=2) as client:
+        async with RealtimeClient(base_url=upstream.base_url, api_key=key, timeout=2) as client:
             await client.hangup_call("rtc_abcdef123456")
-    assert shared_http_client() is session is share_http_client_on_this_loop()
-    assert not session.closed
-    # Each request carried its own client's key, over one kept-alive connection (same client port).
-    assert [key for key, _ in seen] == ["Bearer sk-one", "Bearer sk-two"]
-    assert len({port for _, port in seen}) == 1
-
-
-async def test_closing_the_shared_session_makes_a_fresh_one_next_time() -> None:
-    first = share_http_client_on_this_loop()
-    await aclose_shared_http_client()
-    assert first.closed and shared_http_client() is None
-    second = share_http_client_on_this_loop()
-    assert second is not first and not second.closed
+    assert shared_http_client() is shared_http_client()
+    assert not shared_http_client().is_closed
+    # Each request carried its own client's key, over one kept-alive connection.
+    assert [seen.headers["Authorization"] for seen in upstream.seen] == ["Bearer sk-one", "Bearer sk-two"]
+    pool = shared_http_client()._transport._pool  # type: ignore[attr-defined]
+    assert len(pool.connections) == 1
     await aclose_shared_http_client()
 
 
-async def test_without_a_shared_session_a_client_closes_its_own(
-    upstream: tuple[str, list[tuple[str, int]]],
-) -> None:
-    base_url, seen = upstream
-    assert shared_http_client() is None
-    client = RealtimeClient(base_url=base_url, api_key="sk-x", timeout=2)
-    async with client:
-        await client.hangup_call("rtc_abcdef123456")
-        own = client._own
-        assert own is not None and not own.closed
-    assert own.closed and len(seen) == 1
+async def test_closing_the_shared_client_makes_a_fresh_one_next_time() -> None:
+    first = shared_http_client()
+    await aclose_shared_http_client()
+    assert first.is_closed
+    second = shared_http_client()
+    assert second is not first and not second.is_closed
+    await aclose_shared_http_client()
 
 
-def test_each_loop_has_its_own_session() -> None:
-    async def grab() -> aiohttp.ClientSession:
-        session = share_http_client_on_this_loop()
-        await aclose_shared_http_client()
-        return session
+def test_each_loop_has_its_own_client_and_finished_loops_are_forgotten() -> None:
+    async def grab() -> int:
+        return id(shared_http_client())
 
-    assert asyncio.run(grab()) is not asyncio.run(grab())
+    first = asyncio.run(grab())
+    second = asyncio.run(grab())
+    assert first != second or len(realtime_client._SHARED_CLIENTS) <= 1
+    asyncio.run(grab())
+    # The loops of the earlier asyncio.run calls are closed: their clients were dropped on the next use.
+    assert len(realtime_client._SHARED_CLIENTS) <= 1
 
 
-async def test_a_failed_request_does_not_close_the_pool(upstream: tuple[str, list[tuple[str, int]]]) -> None:
-    base_url, _ = upstream
-    session = share_http_client_on_this_loop()
+@pytest.mark.parametrize("status", [500])
+async def test_a_failed_request_does_not_close_the_pool(fake_upstream: StartUpstream, status: int) -> None:
+    async def failing(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text="{}", content_type="application/json")
+
+    upstream = await fake_upstream(failing)
     with pytest.raises(realtime_client.RealtimeUnavailable):
-        async with RealtimeClient(base_url=base_url, api_key="sk-x", timeout=2) as client:
-            await client.hangup_call("rtc_failing")
-    assert shared_http_client() is session and not session.closed
+        async with RealtimeClient(base_url=upstream.base_url, api_key="sk-x", timeout=2) as client:
+            await client.hangup_call("rtc_abcdef123456")
+    assert not shared_http_client().is_closed
+    await aclose_shared_http_client()

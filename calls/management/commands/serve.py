@@ -207,8 +207,8 @@ def _webhook_url(host: str, port: int) -> str:
 
 
 def _close_shared_http_client() -> Any:
-    """At reactor shutdown: close the loop's shared session to the Realtime API (its kept-alive
-    connections; `calls.services.realtime_client.share_http_client_on_this_loop`). A Deferred."""
+    """At reactor shutdown: close the loop's pooled client to the Realtime API (its kept-alive
+    connections; `calls.services.realtime_client.shared_http_client`). A Deferred for Twisted."""
     import asyncio
 
     from twisted.internet.defer import Deferred
@@ -362,8 +362,6 @@ class Command(BaseCommand):
         )
         from twisted.internet import reactor as installed
 
-        from calls.services.realtime_client import share_http_client_on_this_loop
-
         reactor: Any = installed
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -374,8 +372,6 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, on_signal)
 
         reactor.callWhenRunning(install_handlers)
-        # The Realtime API is reached over kept-alive connections of one session for the loop.
-        reactor.callWhenRunning(reactor.callLater, 0, share_http_client_on_this_loop)
         reactor.addSystemEventTrigger("before", "shutdown", _close_shared_http_client)
         server.run()
         if server.listen_failure is not None:
