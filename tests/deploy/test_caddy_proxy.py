@@ -31,8 +31,8 @@ from tests.deploy.test_nginx_proxy import (
     self_signed_certificate,
     svix_headers,
     wait_for_https,
-    wait_for_rows,
 )
+from tests.e2e.console import wait_for_rows
 
 CADDY = "/usr/bin/caddy"
 SHIPPED = Path(__file__).resolve().parent.parent.parent / "deploy" / "Caddyfile"
