@@ -138,6 +138,16 @@ class MicrophoneTrack(MediaStreamTrack):
         self.idle = asyncio.Event()
         self.idle.set()
         self.last_speech_sent_at = 0.0  # time.monotonic() when the last queued frame was sent
+        self._sending = asyncio.Event()
+        self._sending.set()
+
+    def hold(self) -> None:
+        """Send no frames at all (a muted sender that stops RTP), until `release()`: tests that feed
+        the input buffer with `input_audio_buffer.append` keep the track's silence out of it."""
+        self._sending.clear()
+
+    def release(self) -> None:
+        self._sending.set()
 
     def say(self, pcm48: np.ndarray) -> None:
         """Queue speech; whole 20 ms frames (the tail is padded with silence)."""
@@ -149,6 +159,7 @@ class MicrophoneTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        await self._sending.wait()
         if self._start is None:
             self._start = time.time()
         else:
