@@ -30,6 +30,7 @@ from calls.services.realtime_client import (
     ClientSecret,
     RealtimeClient,
     RealtimeError,
+    RealtimeUnavailable,
     check_provider_call_id,
 )
 from calls.services.session_config import WEB_MODES, build_session_config
@@ -120,31 +121,23 @@ async def amark_call_failed(*, call: Call, error: str) -> None:
         call.status, call.error, call.end_reason, call.ended_at = Call.Status.FAILED, error, "failed", now
 
 
-def _open_web_call(*, user: UserLike, call_mode: Call.Mode, transport: str) -> tuple[Call, AgentProfile]:
-    """The database side of a set-up before the offer goes upstream, in one thread hand-off (sync):
-    count the set-up against the user's rate, read the default profile, insert the `connecting`
-    Call (committed: autocommit), then give the connection back while the API answers."""
+def _prepare_web_call(*, user: UserLike) -> AgentProfile:
+    """The checks before an offer goes upstream, in one thread hand-off (sync): count the set-up
+    against the user's rate and read the default profile; the connection is given back at once."""
     if isinstance(user, User):
         check_rate_sync(scope="rtc", user_pk=user.pk, setting="RTC_RATE_LIMIT", what="call set-ups")
     profile = AgentProfile.objects.order_by("-is_default", "name").first()
+    release_db_connection_sync()  # not held while the API answers (voiceagent/availability.py)
     if profile is None:
         raise CallSetupError("No agent profile exists; create one in the admin.", code="no_agent_profile")
-    call = Call.objects.create(
-        source=Call.Source.WEB,
-        mode=call_mode,
-        transport=Call.Transport(transport),
-        user=user if isinstance(user, User) else None,
-        agent=profile,
-        status=Call.Status.CONNECTING,
-    )
-    release_db_connection_sync()  # not held while the API answers (voiceagent/availability.py)
-    return call, profile
+    return profile
 
 
-def _record_provider_call_id(call: Call) -> None:
-    """Store the provider's call id (sync) and give the connection back at once."""
-    call.save(update_fields=["provider_call_id"])
+def _record_web_call(call: Call) -> Call:
+    """Insert `call` as its set-up left it (sync, one INSERT) and give the connection back."""
+    call.save(force_insert=True)
     release_db_connection_sync()
+    return call
 
 
 @instrument_call_setup()  # voiceagent_call_setups_total{transport="proxy"}, set-up latency
@@ -153,34 +146,71 @@ async def start_web_call(
 ) -> tuple[Call, str]:
     """Create a web call from the browser's SDP offer; return the Call and the SDP answer.
 
-    The Call row exists (status `connecting`) before the offer goes upstream, so a failure is on
-    record: the call becomes `failed` with the reason and the `RealtimeError` propagates. On success
-    the provider's call id is stored and the observer is asked to attach. Three queries in two
-    thread hand-offs (rate count + profile + insert; the call id), and the API over a kept-alive
-    connection (`realtime_client`).
+    The Call row is written once, when the API has answered: `connecting` with the provider's call
+    id, or `failed` with the reason when the API refused (the `RealtimeError` then propagates), so
+    every set-up is on record in one INSERT instead of an insert before and an update after (the
+    row's `created_at` is still the moment the set-up began, and its id is chosen then, so the
+    set-up's log lines carry it). Once answered, recording the call and asking the observer to
+    attach run to completion even if the browser goes away meanwhile: the call exists upstream,
+    so it must be on record and observed. Two thread hand-offs (rate count + profile; the insert)
+    and the API over a kept-alive connection (`realtime_client`).
     """
     call_mode = _check_mode(mode)
-    call, profile = await sync_to_async(_open_web_call)(user=user, call_mode=call_mode, transport=transport)
+    call = Call(
+        source=Call.Source.WEB,
+        mode=call_mode,
+        transport=Call.Transport(transport),
+        user=user if isinstance(user, User) else None,
+        status=Call.Status.CONNECTING,
+    )
     bind_call_id(call.id)
-    session = build_session_config(profile, mode=call_mode)
+    call.agent = await sync_to_async(_prepare_web_call)(user=user)
+    session = build_session_config(call.agent, mode=call_mode)
     try:
         async with RealtimeClient() as client:
             created = await client.create_call(offer_sdp=offer_sdp, session=session)
     except RealtimeError as exc:
         logger.warning("call %s: upstream refused the offer (%s, %s)", call.id, exc.status, exc.code)
-        await amark_call_failed(call=call, error=exc.message)
+        await sync_to_async(_record_web_call)(_failed(call, exc.message))
         raise
     except asyncio.CancelledError:
         # The browser went away mid-request (Django cancels the view): no answer will ever reach it.
         await asyncio.shield(
-            amark_call_failed(call=call, error="The browser disconnected before the answer.")
+            sync_to_async(_record_web_call)(_failed(call, "The browser disconnected before the answer."))
         )
         raise
     call.provider_call_id = created.provider_call_id
-    await sync_to_async(_record_provider_call_id)(call)
+    await asyncio.shield(_record_and_observe(call))
     logger.info("call %s started as %s", call.id, created.provider_call_id)
-    await _observe(call)
     return call, created.answer_sdp
+
+
+def _failed(call: Call, error: str) -> Call:
+    """`call` (not yet saved) as a set-up that failed with `error`."""
+    call.status, call.error, call.end_reason = Call.Status.FAILED, error, "failed"
+    call.ended_at = timezone.now()
+    return call
+
+
+async def _record_and_observe(call: Call) -> None:
+    """Insert the answered call and ask the observer to attach; if it cannot be recorded, end it
+    upstream (a call nobody records or observes must not go on) and let the error propagate."""
+    try:
+        await sync_to_async(_record_web_call)(call)
+    except Exception as exc:
+        logger.error("call %s: could not be recorded (%s); hanging it up upstream", call.id, exc)
+        try:
+            async with RealtimeClient() as client:
+                await client.hangup_call(call.provider_call_id or "")
+        except RealtimeError as hangup_error:
+            logger.warning("call %s: the upstream hang-up failed too (%s)", call.id, hangup_error.status)
+        if isinstance(exc, IntegrityError):  # the API named a call that is already on record
+            raise RealtimeUnavailable(
+                "The Realtime API answered with a call id that is already on record; the call was ended.",
+                code="duplicate_call_id",
+            ) from exc
+        raise
+    await _observe(call)
 
 
 @instrument_call_setup("direct")

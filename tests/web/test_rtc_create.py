@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
 
-from calls.models import Call
+from calls.models import AgentProfile, Call
 from tests.engine.conftest import RunningEngine, make_offer
 from tests.web.conftest import FakeUpstream, Respond, SignedIn
 
@@ -267,3 +268,54 @@ async def test_a_failed_call_is_not_observed(
     assert (await post_offer(staff, TINY_OFFER)).status_code == 502
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(observer_inbox(), 0.3)
+
+
+async def test_an_answered_call_that_cannot_be_recorded_is_ended_upstream(
+    fake_upstream: StartUpstream, sign_in_async: SignIn, default_agent: AgentProfile
+) -> None:
+    """The row is written once the API has answered; if that fails (here: the API names a call
+    already on record), the call must not go on unrecorded and unobserved."""
+    taken = "rtc_alreadyonrecord1"
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.path.endswith("/hangup"):
+            return web.Response(status=200)
+        headers = {"Location": f"/v1/realtime/calls/{taken}"}
+        return web.Response(status=201, text=TINY_OFFER, content_type="application/sdp", headers=headers)
+
+    upstream = await fake_upstream(answer)
+    staff = await sign_in_async()
+    existing = await Call.objects.acreate(provider_call_id=taken, agent=default_agent, status="ended")
+    response = await post_offer(staff, TINY_OFFER)
+
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "duplicate_call_id"
+    assert [seen.path for seen in upstream.seen] == [
+        "/v1/realtime/calls",
+        f"/v1/realtime/calls/{taken}/hangup",
+    ]
+    assert [call.pk async for call in Call.objects.all()] == [existing.pk]
+
+
+async def test_a_browser_that_leaves_before_the_answer_leaves_a_failed_call(
+    fake_upstream: StartUpstream, sign_in_async: SignIn
+) -> None:
+    upstream_reached = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        upstream_reached.set()
+        await asyncio.sleep(0.3)
+        headers = {"Location": "/v1/realtime/calls/rtc_neverseen1"}
+        return web.Response(status=201, text=TINY_OFFER, content_type="application/sdp", headers=headers)
+
+    await fake_upstream(slow)
+    staff = await sign_in_async()
+    request = asyncio.ensure_future(post_offer(staff, TINY_OFFER))
+    await asyncio.wait_for(upstream_reached.wait(), 5)
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+
+    call = await only_call()
+    assert (call.status, call.error) == ("failed", "The browser disconnected before the answer.")
+    assert call.provider_call_id is None and call.ended_at is not None
