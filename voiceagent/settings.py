@@ -219,11 +219,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # backend's pool. Connections are checked when taken from the pool, so a PostgreSQL restart costs
     # the requests in flight during the outage, not every pooled connection afterwards.
     DB_POOL: bool = env.str("DB_POOL", default="").strip().lower() not in ("false", "0", "no", "off")
-    # With a pool, CONN_HEALTH_CHECKS makes Django pass psycopg_pool's check_connection (a cheap
-    # round trip when a connection is taken from the pool); without one, it re-checks a persistent
-    # connection before reuse.
+    # Without a pool, CONN_HEALTH_CHECKS re-checks a persistent connection before reuse. With one,
+    # the pool checks each connection it hands out, with voiceagent/postgresql's check: a round trip
+    # only when the socket shows that the server closed it or sent something (Django's backend would
+    # pass psycopg_pool's check_connection, a round trip every time).
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     if DB_POOL:
+        DATABASES["default"]["ENGINE"] = "voiceagent.postgresql"
         DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool: it manages the lifetime
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": _number("DB_POOL_MIN", 2),

@@ -1,0 +1,1 @@
+"""Django's PostgreSQL backend with a pool whose health check costs no round trip (see `base`)."""
