@@ -1,7 +1,7 @@
 """Call set-up overhead of our SDP proxy: offer → answer through `POST /rtc` versus straight to the engine.
 
 Run: .venv/bin/python -m bench.setup_overhead [--rounds-c1 60] [--concurrency 1 10 50] [--profile DIR]
-     [--compare stock_whitenoise | --compare-ref GITREF]
+     [--cpu] [--compare stock_whitenoise | --compare-ref GITREF]
 
 Loopback only. Starts the local engine (`python -m realtime_local --no-speech`, its own process) and
 the product (`manage.py serve --no-engine`, daphne, production settings but plain-HTTP cookies, a
@@ -19,8 +19,10 @@ offers made before any timing. After each round its calls are hung up (the proxy
 `/rtc/<id>/hangup`, the direct ones at the engine), untimed, so neither side fills up.
 
 Prints `name: value unit` lines: p50/p95/p99 per arm and concurrency, the proxy's added p50 and
-the p50/p95 ratios. `--profile DIR` also records the web server with py-spy during the run
-(DIR/server.speedscope.json, DIR/server.txt: the hottest frames; see bench/profiling.py).
+the p50/p95 ratios. `--cpu` also prints the CPU time each process used per call in each arm
+(engine, web server, PostgreSQL, this client; from /proc), set-up and hang-up together.
+`--profile DIR` records the web server with py-spy during the run (DIR/server.speedscope.json,
+DIR/server.txt: the hottest frames; see bench/profiling.py).
 `--compare-ref GITREF` serves the product as it was at that commit (exported with `git archive`) as
 a third interleaved arm, `proxy_ref`: before and after in one run.
 """
@@ -41,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -153,11 +155,66 @@ async def sign_in(http: httpx.AsyncClient, base: str) -> None:
     assert done.status_code == 302, f"sign-in failed: HTTP {done.status_code}"
 
 
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds `pid` has used so far (all its threads); 0 once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL server process on this machine (backends come and go with connections)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds per process group (engine, web servers, PostgreSQL, this client) per arm and
+    round, set-up and hang-up together: where a call's work goes, which wall-clock ratios on a
+    2-core box cannot show on their own. PostgreSQL counts every server process of the machine
+    (the benchmark's backends and whatever else runs), read from /proc at each snapshot."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self.used: dict[str, dict[str, float]] = {}
+        self.calls: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        pids = {**self.groups, "postgres": postgres_pids(), "client": [os.getpid()]}
+        return {name: sum(process_cpu_s(pid) for pid in group) for name, group in pids.items()}
+
+    def add(self, arm: str, calls: int, before: dict[str, float], after: dict[str, float]) -> None:
+        used = self.used.setdefault(arm, {})
+        for name, value in after.items():
+            used[name] = used.get(name, 0.0) + max(0.0, value - before.get(name, 0.0))
+        self.calls[arm] = self.calls.get(arm, 0) + calls
+
+    def report(self) -> None:
+        for arm, used in self.used.items():
+            for name, seconds in used.items():
+                per_call = seconds * 1000 / max(1, self.calls[arm])
+                print(f"cpu.{arm}.{name}: {per_call:.2f} ms per call (set-up and hang-up)")
+
+
 class Bench:
     """The arms: `direct` (the engine) and one per web server (`proxy`, and `proxy_<variant>`)."""
 
-    def __init__(self, webs: dict[str, str], engine: str, offers: list[str]) -> None:
-        self.webs, self.engine, self.offers = webs, engine, offers
+    def __init__(
+        self, webs: dict[str, str], engine: str, offers: list[str], cpu: CpuMeter | None = None
+    ) -> None:
+        self.webs, self.engine, self.offers, self.cpu = webs, engine, offers, cpu
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         self.browsers = {arm: httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) for arm in webs}
         self.api = httpx.AsyncClient(
@@ -227,8 +284,11 @@ class Bench:
         for index in range(rounds):
             shift = index % len(self.arms)  # each arm goes first in turn
             for arm in self.arms[shift:] + self.arms[:shift]:
+                before = self.cpu.snapshot() if self.cpu else {}
                 samples[arm] += await self.round(arm, concurrency)
                 await asyncio.sleep(0.05)  # let the hang-ups' observer work settle between rounds
+                if self.cpu:
+                    self.cpu.add(f"c{concurrency}.{arm}", concurrency, before, self.cpu.snapshot())
         return samples
 
 
@@ -247,15 +307,19 @@ def report(concurrency: int, samples: dict[str, list[float]]) -> None:
         print(f"setup.c{concurrency}.{arm}_ratio.p95: {percentile(proxy, 95) / percentile(direct, 95):.2f} x")
 
 
-async def main_async(webs: dict[str, str], engine: str, options: argparse.Namespace) -> int:
+async def main_async(
+    webs: dict[str, str], engine: str, options: argparse.Namespace, cpu: CpuMeter | None = None
+) -> int:
     offers = await make_offers(8)
-    bench = Bench(webs, engine, offers)
+    bench = Bench(webs, engine, offers, cpu)
     for arm, web in webs.items():
         await sign_in(bench.browsers[arm], web)
     for concurrency in options.concurrency:
         rounds = max(4, options.rounds_c1 // concurrency) if concurrency > 1 else options.rounds_c1
         rounds = max(rounds, -(-options.min_samples // concurrency))
         report(concurrency, await bench.run(concurrency, rounds))
+    if cpu:
+        cpu.report()
     print(f"setup.failed_requests: {bench.failures} requests")
     for browser in bench.browsers.values():
         await browser.aclose()
@@ -386,6 +450,9 @@ def main() -> int:
     parser.add_argument("--rounds-c1", type=int, default=60, help="rounds at concurrency 1 (default 60)")
     parser.add_argument("--min-samples", type=int, default=100, help="calls per arm at least (default 100)")
     parser.add_argument("--profile", type=Path, help="record the web server with py-spy into this folder")
+    parser.add_argument(
+        "--cpu", action="store_true", help="also print each process's CPU per call, by arm (from /proc)"
+    )
     parser.add_argument("--compare", choices=sorted(VARIANTS), help="one more arm: an earlier configuration")
     parser.add_argument(
         "--compare-ref",
@@ -395,7 +462,7 @@ def main() -> int:
     options = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     with contextlib.ExitStack() as stack:
-        engine, _ = stack.enter_context(engine_process())
+        engine, engine_proc = stack.enter_context(engine_process())
         servers = {
             "proxy": stack.enter_context(
                 web_server(engine, settings_module="voiceagent.settings", database=f"h_setup_{os.getpid()}")
@@ -420,9 +487,14 @@ def main() -> int:
                 )
             )
             print(f"proxy_ref: {options.compare_ref} ({git_describe(options.compare_ref)})")
+        cpu = None
+        if options.cpu:
+            groups = {"engine": [engine_proc.pid]}
+            groups.update({f"web_{arm}": [server.process.pid] for arm, server in servers.items()})
+            cpu = CpuMeter(groups)
         with py_spy(servers["proxy"].process.pid, options.profile, "server"):
             code = asyncio.run(
-                main_async({arm: server.base_url for arm, server in servers.items()}, engine, options)
+                main_async({arm: server.base_url for arm, server in servers.items()}, engine, options, cpu)
             )
         if code:
             for server in servers.values():
