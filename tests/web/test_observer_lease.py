@@ -120,6 +120,20 @@ def test_a_call_claimed_through_observe_start_gets_a_lease_row() -> None:
     assert leases.claim(call.id, "worker-a") is None  # held (by us): the pool knows it observes it
 
 
+def test_observe_start_takes_over_an_expired_lease_and_never_a_call_that_is_not_live() -> None:
+    call = live_call()
+    (first,) = leases.claim_expired("worker-a")
+    expire(call.id)
+
+    taken = leases.claim(call.id, "worker-b")
+
+    assert taken == leases.LeaseToken(call_id=call.id, owner="worker-b", epoch=first.epoch + 1)
+    assert leases.renew([first]) == {call.id}
+    for not_live in (live_call(status=Call.Status.ENDED), live_call(provider=None)):
+        assert leases.claim(not_live.id, "worker-a") is None
+        assert not ObserverLease.objects.filter(call=not_live).exists()
+
+
 # ---- fencing ----------------------------------------------------------------------------------------
 
 
@@ -227,6 +241,40 @@ def test_racing_claimers_never_share_a_call() -> None:
         last = [(epoch, owner) for call_id, epoch, owner in wins if call_id == call.id][-1]
         lease = ObserverLease.objects.get(call=call)
         assert (lease.epoch, lease.owner) == last
+
+
+@postgresql_only
+def test_racing_observe_starts_of_one_call_have_one_winner() -> None:
+    """Eight threads (eight connections) claim the same new call at once, then the same expired one."""
+    call = live_call()
+    wins: list[leases.LeaseToken] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        barrier = threading.Barrier(8)
+
+        def claimer(index: int) -> None:
+            try:
+                barrier.wait(10)
+                token = leases.claim(call.id, f"worker-{index}")
+                if token is not None:
+                    with lock:
+                        wins.append(token)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+
+    race()
+    expire(call.id)
+    race()
+    assert [token.epoch for token in wins] == [1, 2]
+    lease = ObserverLease.objects.get(call=call)
+    assert (lease.owner, lease.epoch) == (wins[-1].owner, 2)
 
 
 @postgresql_only
