@@ -14,6 +14,7 @@ import datetime as dt
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -203,6 +204,24 @@ def test_a_replayed_turn_is_upserted_on_call_and_item() -> None:
 # ---- the race: many claimers, each on its own connection ----------------------------------------
 
 
+def race(claimer: Callable[[int], None], threads: int = 8) -> None:
+    """Run `claimer(index)` on `threads` threads at once (each its own connection), released together."""
+    barrier = threading.Barrier(threads)
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(10)
+            claimer(index)
+        finally:
+            connections.close_all()
+
+    started = [threading.Thread(target=run, args=(index,)) for index in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(60)
+
+
 @postgresql_only
 def test_racing_claimers_never_share_a_call() -> None:
     """Eight threads (eight connections) claim 20 calls at once, twice (the second time after every
@@ -211,30 +230,17 @@ def test_racing_claimers_never_share_a_call() -> None:
     wins: list[tuple[uuid.UUID, int, str]] = []
     lock = threading.Lock()
 
-    def race() -> None:
-        barrier = threading.Barrier(8)
+    def claimer(index: int) -> None:
+        for _ in range(5):
+            for token in leases.claim_expired(f"worker-{index}", limit=7):
+                with lock:
+                    wins.append((token.call_id, token.epoch, token.owner))
 
-        def claimer(index: int) -> None:
-            try:
-                barrier.wait(10)
-                for _ in range(5):
-                    for token in leases.claim_expired(f"worker-{index}", limit=7):
-                        with lock:
-                            wins.append((token.call_id, token.epoch, token.owner))
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-
-    race()
+    race(claimer)
     assert Counter(call_id for call_id, _, _ in wins) == Counter({call.id: 1 for call in calls})
     assert {epoch for _, epoch, _ in wins} == {1}
     ObserverLease.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
-    race()
+    race(claimer)
     assert Counter(call_id for call_id, _, _ in wins) == Counter({call.id: 2 for call in calls})
     assert sorted(epoch for _, epoch, _ in wins) == [1] * 20 + [2] * 20
     for call in calls:  # the table names the last winner
@@ -250,28 +256,15 @@ def test_racing_observe_starts_of_one_call_have_one_winner() -> None:
     wins: list[leases.LeaseToken] = []
     lock = threading.Lock()
 
-    def race() -> None:
-        barrier = threading.Barrier(8)
+    def claimer(index: int) -> None:
+        token = leases.claim(call.id, f"worker-{index}")
+        if token is not None:
+            with lock:
+                wins.append(token)
 
-        def claimer(index: int) -> None:
-            try:
-                barrier.wait(10)
-                token = leases.claim(call.id, f"worker-{index}")
-                if token is not None:
-                    with lock:
-                        wins.append(token)
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-
-    race()
+    race(claimer)
     expire(call.id)
-    race()
+    race(claimer)
     assert [token.epoch for token in wins] == [1, 2]
     lease = ObserverLease.objects.get(call=call)
     assert (lease.owner, lease.epoch) == (wins[-1].owner, 2)
