@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import re
 import secrets
 import shutil
@@ -72,6 +73,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive TCP ports free on loopback now (honcho gives its web
+    processes PORT, PORT+1, …). Chosen below the kernel's ephemeral range, where no outgoing
+    connection (to PostgreSQL, Redis, a test's client) takes one meanwhile: in CI the port after a
+    `free_port()` was such a connection's, and the second web process could not listen."""
+    low, _ = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(200):
+        base = random.randrange(10_000, max(10_001, low - count))
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no run of {count} free ports on loopback")
 
 
 def _with_database(url: str, name: str) -> str:

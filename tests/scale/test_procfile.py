@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.scale.cluster import REPO, Cluster, free_port, wait_until
+from tests.scale.cluster import REPO, Cluster, free_port_run, wait_until
 from tests.scale.helpers import phone_call
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -22,7 +22,7 @@ def test_honcho_runs_two_web_and_two_workers_from_the_procfile_and_stops_them_gr
     tmp_path: Path,
 ) -> None:
     with Cluster(web=0, workers=0, log_dir=tmp_path / "logs") as cluster:
-        base_port = free_port()
+        base_port = free_port_run(2)
         env = cluster.base_env()
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         log_path = tmp_path / "honcho.log"
@@ -55,10 +55,13 @@ def test_honcho_runs_two_web_and_two_workers_from_the_procfile_and_stops_them_gr
                 except httpx.HTTPError:
                     return False
 
-            wait_until(ready, timeout_s=120, what="both web processes ready")
-            wait_until(
-                lambda: output().count("observer worker running") == 2, timeout_s=60, what="two workers"
-            )
+            try:
+                wait_until(ready, timeout_s=120, what="both web processes ready")
+                wait_until(
+                    lambda: output().count("observer worker running") == 2, timeout_s=60, what="two workers"
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; honcho's output ends with:\n{output()[-3000:]}") from None
             call = phone_call(cluster, web_url=urls[1])
             owner = cluster.sql("SELECT owner FROM calls_observerlease WHERE call_id = %s", call.call_id)[0][
                 0
