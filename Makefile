@@ -7,8 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 # Debian packages the suite needs: a browser for the e2e tests, speech and SIP tools for the engine tests,
-# nginx for the reverse-proxy test of deploy/.
-APT_PACKAGES := chromium espeak-ng sox sip-tester nginx
+# nginx and Caddy for the reverse-proxy tests of deploy/.
+APT_PACKAGES := chromium espeak-ng sox sip-tester nginx caddy
 # silero-vad's own import needs torch; we only load its onnx file, so it is installed without deps.
 SILERO_VAD := silero-vad==6.2.3
 
