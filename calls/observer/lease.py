@@ -121,9 +121,9 @@ def claim(call_id: uuid.UUID, owner: str) -> LeaseToken | None:
 
 
 def _claim_one_postgresql(call_id: uuid.UUID, owner: str) -> LeaseToken | None:
-    """`claim` in one statement: every new call is claimed once, so the scan's five statements
-    (find rows to create, create them, lock, compare-and-set, commit) were a fifth of the web
-    process's CPU per call set-up (bench/setup_overhead.py --cpu).
+    """`claim` in one statement: every new call is claimed once, and the scan's five statements
+    (find rows to create, create them, lock, compare-and-set, commit) were about a sixth of the
+    embedded web process's CPU per call (py-spy during bench/setup_overhead.py, bench/README.md).
 
     The row is created claimed (epoch 1) for a live call that has none, or an expired one is taken
     over (epoch + 1); a live lease is left as it is and nothing is returned. Two claimers of one
