@@ -208,10 +208,16 @@ TEMPLATES = [
 DATABASES: dict[str, Any] = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
 }
+# SQLite (the embedded default): the observer and the web server write from several threads, so a
+# writer waits up to `timeout` seconds for the lock instead of failing. And every transaction takes the
+# write lock when it begins (BEGIN IMMEDIATE): one that read first and writes later (a get_or_create,
+# as a recording's first chunk does) cannot wait for a writer that holds the lock at that moment
+# (SQLite answers "database is locked" at once rather than risk a deadlock: a 503 to the user).
+SQLITE_OPTIONS: dict[str, Any] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    # The observer and the web server write from several threads: wait for locks instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    for option, value in SQLITE_OPTIONS.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(option, value)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # PostgreSQL: a psycopg connection pool per process (docs/scaling.md). Persistent connections
     # (CONN_MAX_AGE) are per thread, and under ASGI every `sync_to_async` call may run on another

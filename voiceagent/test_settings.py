@@ -15,3 +15,8 @@ if "pool" in DATABASES["default"].get("OPTIONS", {}) and "DB_POOL_TIMEOUT" not i
 # at once in one process, and a test waiting 2.5 s for a connection then fails for want of a slot.
 if "pool" in DATABASES["default"].get("OPTIONS", {}) and "DB_POOL_MAX" not in os.environ:  # noqa: F405
     DATABASES["default"]["OPTIONS"]["pool"]["max_size"] = 30  # noqa: F405
+# The suite's SQLite test database is in memory with a shared cache, whose table locks fail a second
+# writer at once instead of waiting (tests needing concurrent writers use PostgreSQL): BEGIN IMMEDIATE
+# would make read-only transactions contend as well. Servers the suite starts (the e2e demo servers on
+# a file) keep it: tests/test_sqlite_locking.py pins what it is for.
+DATABASES["default"].get("OPTIONS", {}).pop("transaction_mode", None)  # noqa: F405
