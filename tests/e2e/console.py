@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from playwright.sync_api import Browser, ConsoleMessage, Page
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 
 from scripts.screenshots import DemoServer, new_page, sign_in
 
@@ -22,7 +22,8 @@ from scripts.screenshots import DemoServer, new_page, sign_in
 def open_call_console(server: DemoServer, browser: Browser, *, height: int = 1480) -> Iterator[Page]:
     """A signed-in console with the browser's audio processing off (deterministic input audio: noise
     suppression would also take a steady test tone for noise); fails on leaving if the page logged a
-    JavaScript error (media elements log failed loads as errors too)."""
+    JavaScript error (media elements log failed loads as errors too) or got a 5xx answer, naming the
+    request and quoting the server's log."""
     page = new_page(browser)
     page.set_viewport_size({"width": 1280, "height": height})
     errors: list[str] = []
@@ -31,13 +32,18 @@ def open_call_console(server: DemoServer, browser: Browser, *, height: int = 148
         if message.type == "error":
             errors.append(message.text)
 
+    def on_response(response: Response) -> None:
+        if response.status >= 500:
+            errors.append(f"HTTP {response.status} from {response.request.method} {response.url}")
+
     page.on("console", on_console)
+    page.on("response", on_response)
     page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
     page.add_init_script("window.voiceagentConsoleOptions = { audioProcessing: false };")
     sign_in(page, server)
     yield page
     page.context.close()
-    assert errors == [], errors
+    assert errors == [], f"{errors}\nthe server's log ends with:\n{server.log_tail(3000)}"
 
 
 def query(server: DemoServer, sql: str, *params: Any) -> list[tuple[Any, ...]]:
