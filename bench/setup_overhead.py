@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import httpx
 
@@ -54,9 +54,8 @@ from bench.profiling import py_spy  # noqa: E402
 from scripts.screenshots import (  # noqa: E402
     DEMO_PASSWORD,
     DEMO_USERNAME,
-    SEED_COMMAND,
     DemoServer,
-    _wait_healthy,
+    demo_server,
     free_port,
 )
 
@@ -362,67 +361,18 @@ def exported_tree(ref: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def served(
-    repo: Path, env_overrides: dict[str, str], serve_args: tuple[str, ...] = ()
-) -> Iterator[DemoServer]:
-    """`manage.py serve --no-engine` from `repo` (this checkout or an exported ref), production
-    settings on a migrated and seeded database, as scripts/screenshots.py's demo server does."""
-    workdir = Path(tempfile.mkdtemp(prefix="setup-overhead-"))
-    env = {key: value for key, value in os.environ.items() if key not in {"REDIS_URL", "OPENAI_API_KEY"}}
-    env.update(
-        DEBUG="false", SECRET_KEY="bench-only-key-" + "x" * 40, LOG_LEVEL="WARNING", PYTHONPATH=str(repo)
-    )
-    env.update(env_overrides)
-    manage = [sys.executable, str(repo / "manage.py")]
-    log_path = workdir / "server.log"
-    process: subprocess.Popen[bytes] | None = None
-    try:
-        subprocess.run([*manage, "migrate", "--noinput"], cwd=repo, env=env, check=True, capture_output=True)
-        seeded = subprocess.run(
-            [*manage, "shell", "-c", SEED_COMMAND],
-            cwd=repo,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        port = free_port()
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [*manage, "serve", "--no-engine", *serve_args, "--host", "127.0.0.1", "--port", str(port)],
-                cwd=repo,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        base_url = f"http://127.0.0.1:{port}"
-        _wait_healthy(f"{base_url}/healthz", process, timeout_s=60, log_path=log_path)
-        yield DemoServer(
-            base_url=base_url,
-            call_id=seeded.stdout.strip().splitlines()[-1],
-            log_path=log_path,
-            process=process,
-        )
-    finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@contextlib.contextmanager
 def web_server(
     engine: str, *, settings_module: str, database: str, repo: Path = REPO, serve_args: tuple[str, ...] = ()
-) -> Iterator[Any]:
+) -> Iterator[DemoServer]:
+    """`manage.py serve --no-engine` from `repo` (this checkout or an exported ref) with production
+    settings, on a fresh PostgreSQL database, pointed at the engine."""
     with (
         postgres_database(database) as database_url,
-        served(
-            repo,
-            {
+        demo_server(
+            debug=False,
+            repo=repo,
+            serve_args=serve_args,
+            extra_env={
                 "SECURE_COOKIES": "false",
                 "DATABASE_URL": database_url,
                 "DJANGO_SETTINGS_MODULE": settings_module,
@@ -430,7 +380,6 @@ def web_server(
                 "REALTIME_API_KEY": API_KEY,
                 "RTC_RATE_LIMIT": "1000000/m",  # the benchmark sets up thousands of calls a minute
             },
-            serve_args,
         ) as server,
     ):
         yield server

@@ -322,13 +322,17 @@ def demo_server(
     startup_timeout_s: float = 60.0,
     engine: bool = False,
     extra_env: dict[str, str] | None = None,
+    repo: Path = REPO,
+    serve_args: Sequence[str] = (),
 ) -> Iterator[DemoServer]:
     """Migrate and seed a fresh SQLite database, serve it with `manage.py serve`, stop it afterwards.
 
     With `debug=False` the server runs as in production (collectstatic, whitenoise, Secure cookies).
     With `engine=True` `serve` also starts the local realtime engine (with speech) as its child, on a
     free port that offers loopback ICE candidates, so a browser on this machine can call it; the
-    call observer runs inside the server process as in `make run`.
+    call observer runs inside the server process as in `make run`. `extra_env` is applied last (a
+    `DATABASE_URL` there serves another database); `repo` serves another tree of the project (an
+    exported commit, for before/after benchmarks) and `serve_args` are more `serve` options.
     """
     workdir = Path(tempfile.mkdtemp(prefix="voiceagent-demo-"))
     env = {
@@ -345,15 +349,17 @@ def demo_server(
     )
     if engine:
         env.update(REALTIME_LOCAL_PORT=str(free_port()), REALTIME_LOCAL_LOOPBACK_CANDIDATES="1")
+    if repo != REPO:
+        env.update(PYTHONPATH=str(repo))
     env.update(extra_env or {})
-    manage = [sys.executable, str(REPO / "manage.py")]
+    manage = [sys.executable, str(repo / "manage.py")]
     log_path = workdir / "server.log"
     process: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run([*manage, "migrate", "--noinput"], cwd=REPO, env=env, check=True, capture_output=True)
+        subprocess.run([*manage, "migrate", "--noinput"], cwd=repo, env=env, check=True, capture_output=True)
         seeded = subprocess.run(
             [*manage, "shell", "-c", SEED_COMMAND],
-            cwd=REPO,
+            cwd=repo,
             env=env,
             check=True,
             capture_output=True,
@@ -367,12 +373,13 @@ def demo_server(
                     *manage,
                     "serve",
                     *([] if engine else ["--no-engine"]),
+                    *serve_args,
                     "--host",
                     "127.0.0.1",
                     "--port",
                     str(port),
                 ],
-                cwd=REPO,
+                cwd=repo,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
