@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+import time
+from dataclasses import dataclass
+from typing import Any, Final
 
 from asgiref.sync import sync_to_async
 from channels.exceptions import ChannelFull
@@ -25,7 +27,7 @@ from redis.exceptions import RedisError
 
 from calls.models import AgentProfile, Call
 from calls.observer.dispatch import ObserverUnavailableError, request_observation, request_stop
-from calls.services.ratelimit import check_rate, check_rate_sync
+from calls.services.ratelimit import RateLimited, check_rate, check_rate_sync
 from calls.services.realtime_client import (
     ClientSecret,
     RealtimeClient,
@@ -36,7 +38,12 @@ from calls.services.realtime_client import (
 from calls.services.session_config import WEB_MODES, build_session_config
 from voiceagent.availability import release_db_connection_sync
 from voiceagent.monitoring.logs import bind_call_id
-from voiceagent.monitoring.metrics import instrument_call_setup
+from voiceagent.monitoring.metrics import (
+    counted_call_setup,
+    instrument_call_setup,
+    record_call_setup,
+    setup_outcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +79,16 @@ def _check_mode(mode: str) -> Call.Mode:
     return Call.Mode(mode)
 
 
-async def _agent_profile() -> AgentProfile:
-    """The default agent profile (the data migration makes one; the admin keeps at most one)."""
-    profile = await AgentProfile.objects.order_by("-is_default", "name").afirst()
+def default_profile() -> AgentProfile:
+    """The default agent profile (sync; the data migration makes one, the admin keeps at most one)."""
+    profile = AgentProfile.objects.order_by("-is_default", "name").first()
     if profile is None:
         raise CallSetupError("No agent profile exists; create one in the admin.", code="no_agent_profile")
     return profile
+
+
+async def _agent_profile() -> AgentProfile:
+    return await sync_to_async(default_profile)()
 
 
 async def _observe(call: Call) -> None:
@@ -121,16 +132,43 @@ async def amark_call_failed(*, call: Call, error: str) -> None:
         call.status, call.error, call.end_reason, call.ended_at = Call.Status.FAILED, error, "failed", now
 
 
-def _prepare_web_call(*, user: UserLike) -> AgentProfile:
-    """The checks before an offer goes upstream, in one thread hand-off (sync): count the set-up
-    against the user's rate and read the default profile; the connection is given back at once."""
-    if isinstance(user, User):
-        check_rate_sync(scope="rtc", user_pk=user.pk, setting="RTC_RATE_LIMIT", what="call set-ups")
-    profile = AgentProfile.objects.order_by("-is_default", "name").first()
-    release_db_connection_sync()  # not held while the API answers (voiceagent/availability.py)
-    if profile is None:
-        raise CallSetupError("No agent profile exists; create one in the admin.", code="no_agent_profile")
-    return profile
+@dataclass(frozen=True)
+class WebCallPlan:
+    """A web call admitted for set-up: counted against its user's rate, its profile read, its
+    session config built, its `Call` made but not saved (the API has not answered yet)."""
+
+    call: Call
+    session: dict[str, Any]
+    #: time.monotonic() at admission, where the set-up's latency is measured from.
+    started: float
+
+
+def admit_web_call(*, user: UserLike, mode: str, transport: str = Call.Transport.PROXY) -> WebCallPlan:
+    """The checks before an offer goes upstream (sync, run in the view's one thread hand-off, after
+    its sign-in check): the mode, the user's set-up rate, the default profile. The thread's database
+    connection is given back at the end, so it is not held while the API answers
+    (voiceagent/availability.py). Refusals (`RateLimited`, `CallSetupError`) are counted in the
+    set-up metrics here, as `start_web_call` counts the rest."""
+    started = time.monotonic()
+    try:
+        call_mode = _check_mode(mode)
+        if isinstance(user, User):
+            check_rate_sync(scope="rtc", user_pk=user.pk, setting="RTC_RATE_LIMIT", what="call set-ups")
+        profile = default_profile()
+    except (CallSetupError, RateLimited) as exc:
+        record_call_setup(transport, setup_outcome(exc))
+        raise
+    finally:
+        release_db_connection_sync()
+    call = Call(
+        source=Call.Source.WEB,
+        mode=call_mode,
+        transport=Call.Transport(transport),
+        user=user if isinstance(user, User) else None,
+        agent=profile,
+        status=Call.Status.CONNECTING,
+    )
+    return WebCallPlan(call=call, session=build_session_config(profile, mode=call_mode), started=started)
 
 
 def _record_web_call(call: Call) -> Call:
@@ -140,11 +178,8 @@ def _record_web_call(call: Call) -> Call:
     return call
 
 
-@instrument_call_setup()  # voiceagent_call_setups_total{transport="proxy"}, set-up latency
-async def start_web_call(
-    *, user: UserLike, offer_sdp: str, mode: str, transport: str = Call.Transport.PROXY
-) -> tuple[Call, str]:
-    """Create a web call from the browser's SDP offer; return the Call and the SDP answer.
+async def start_web_call(plan: WebCallPlan, *, offer_sdp: str) -> tuple[Call, str]:
+    """Create the admitted web call from the browser's SDP offer; return the Call and the SDP answer.
 
     The Call row is written once, when the API has answered: `connecting` with the provider's call
     id, or `failed` with the reason when the API refused (the `RealtimeError` then propagates), so
@@ -152,35 +187,28 @@ async def start_web_call(
     row's `created_at` is still the moment the set-up began, and its id is chosen then, so the
     set-up's log lines carry it). Once answered, recording the call and asking the observer to
     attach run to completion even if the browser goes away meanwhile: the call exists upstream,
-    so it must be on record and observed. Two thread hand-offs (rate count + profile; the insert)
-    and the API over a kept-alive connection (`realtime_client`).
+    so it must be on record and observed. With the admission, two thread hand-offs per set-up
+    (admission with the sign-in check; the insert) and the API over a kept-alive connection
+    (`realtime_client`). Counted and timed in voiceagent_call_setups_total and the set-up latency.
     """
-    call_mode = _check_mode(mode)
-    call = Call(
-        source=Call.Source.WEB,
-        mode=call_mode,
-        transport=Call.Transport(transport),
-        user=user if isinstance(user, User) else None,
-        status=Call.Status.CONNECTING,
-    )
+    call = plan.call
     bind_call_id(call.id)
-    call.agent = await sync_to_async(_prepare_web_call)(user=user)
-    session = build_session_config(call.agent, mode=call_mode)
-    try:
-        async with RealtimeClient() as client:
-            created = await client.create_call(offer_sdp=offer_sdp, session=session)
-    except RealtimeError as exc:
-        logger.warning("call %s: upstream refused the offer (%s, %s)", call.id, exc.status, exc.code)
-        await sync_to_async(_record_web_call)(_failed(call, exc.message))
-        raise
-    except asyncio.CancelledError:
-        # The browser went away mid-request (Django cancels the view): no answer will ever reach it.
-        await asyncio.shield(
-            sync_to_async(_record_web_call)(_failed(call, "The browser disconnected before the answer."))
-        )
-        raise
-    call.provider_call_id = created.provider_call_id
-    await asyncio.shield(_record_and_observe(call))
+    with counted_call_setup(call.transport, started=plan.started):
+        try:
+            async with RealtimeClient() as client:
+                created = await client.create_call(offer_sdp=offer_sdp, session=plan.session)
+        except RealtimeError as exc:
+            logger.warning("call %s: upstream refused the offer (%s, %s)", call.id, exc.status, exc.code)
+            await sync_to_async(_record_web_call)(_failed(call, exc.message))
+            raise
+        except asyncio.CancelledError:
+            # The browser went away mid-request (Django cancels the view): no answer will ever reach it.
+            await asyncio.shield(
+                sync_to_async(_record_web_call)(_failed(call, "The browser disconnected before the answer."))
+            )
+            raise
+        call.provider_call_id = created.provider_call_id
+        await asyncio.shield(_record_and_observe(call))
     logger.info("call %s started as %s", call.id, created.provider_call_id)
     return call, created.answer_sdp
 

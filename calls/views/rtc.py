@@ -24,23 +24,25 @@ import uuid
 from typing import Final
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from calls.models import Call
-from calls.services.calls import CallSetupError, hang_up_call, start_web_call
+from calls.services.calls import CallSetupError, WebCallPlan, admit_web_call, hang_up_call, start_web_call
 from calls.services.ratelimit import RateLimited
 from calls.services.realtime_client import RealtimeError
 from calls.views.api import (
-    api_staff_required,
+    admitted,
+    api_staff_admitted,
     json_error,
     rate_limited_response,
-    request_user,
     setup_error_response,
     upstream_error_response,
 )
+from voiceagent.availability import release_db_connection_sync
 from voiceagent.security import body_cap
 
 #: The largest SDP offer we accept; a browser's audio+video offer is 4-10 KiB.
@@ -71,12 +73,9 @@ def _offer_problem(body: bytes) -> str | None:
     return None
 
 
-@body_cap(MAX_OFFER_BYTES)
-@csrf_exempt  # safe: only application/sdp is accepted (see the module docstring)
-@require_POST
-@api_staff_required
-async def create_call(request: HttpRequest) -> HttpResponse:
-    """Forward the browser's offer upstream with our session config; answer with the API's SDP."""
+def _admit_offer(request: HttpRequest, user: User) -> WebCallPlan | HttpResponse:
+    """The offer's checks, then the set-up's admission (rate count, profile): sync, in the sign-in
+    check's thread hand-off (`api_staff_admitted`). The answer to a bad request, or the plan."""
     if request.content_type != SDP_CONTENT_TYPE:
         return json_error(
             415, "Send the SDP offer with Content-Type: application/sdp.", code="unsupported_media_type"
@@ -94,13 +93,22 @@ async def create_call(request: HttpRequest) -> HttpResponse:
     if mode is None:
         return json_error(400, "'mode' must be audio, webcam or screen.", code="invalid_mode")
     try:
-        call, answer_sdp = await start_web_call(
-            user=await request_user(request), offer_sdp=request.body.decode("utf-8"), mode=mode
-        )
+        return admit_web_call(user=user, mode=mode)
     except RateLimited as exc:
         return rate_limited_response(exc)
     except CallSetupError as exc:
         return setup_error_response(exc)
+
+
+@body_cap(MAX_OFFER_BYTES)
+@csrf_exempt  # safe: only application/sdp is accepted (see the module docstring)
+@require_POST
+@api_staff_admitted(_admit_offer)
+async def create_call(request: HttpRequest) -> HttpResponse:
+    """Forward the browser's offer upstream with our session config; answer with the API's SDP."""
+    plan = admitted(request, WebCallPlan)
+    try:
+        call, answer_sdp = await start_web_call(plan, offer_sdp=request.body.decode("utf-8"))
     except RealtimeError as exc:
         return upstream_error_response(exc)
     response = HttpResponse(answer_sdp, status=201, content_type=SDP_CONTENT_TYPE)
@@ -126,21 +134,27 @@ def _csrf_rejection(request: HttpRequest) -> HttpResponseBase | None:
     return CsrfViewMiddleware(lambda _: HttpResponse()).process_view(request, None, (), {})  # type: ignore[arg-type]
 
 
-@body_cap(MAX_HANGUP_BYTES)
-@csrf_exempt  # checked in the view: same-origin without a token, Django's CSRF check otherwise
-@require_POST
-@api_staff_required
-async def hangup_call(request: HttpRequest, call_id: uuid.UUID) -> HttpResponseBase:
-    """End one of the user's own calls (also ends it upstream and stops its observer)."""
+def _admit_hangup(request: HttpRequest, user: User, call_id: uuid.UUID) -> Call | HttpResponseBase:
+    """The CSRF check, then the user's own call (404 for an unknown or someone else's): sync, in the
+    sign-in check's thread hand-off. The connection is given back: the hang-up waits on the API."""
     rejection = _csrf_rejection(request)
     if rejection is not None:
         return rejection
-    user = await request_user(request)
-    call = await Call.objects.filter(pk=call_id, user=user).afirst()
+    call = Call.objects.filter(pk=call_id, user=user).first()
+    release_db_connection_sync()
     if call is None:
         return json_error(404, "No such call.", code="not_found")
+    return call
+
+
+@body_cap(MAX_HANGUP_BYTES)
+@csrf_exempt  # checked in the admission: same-origin without a token, Django's CSRF check otherwise
+@require_POST
+@api_staff_admitted(_admit_hangup)
+async def hangup_call(request: HttpRequest, call_id: uuid.UUID) -> HttpResponseBase:
+    """End one of the user's own calls (also ends it upstream and stops its observer)."""
     try:
-        call = await hang_up_call(call=call)
+        call = await hang_up_call(call=admitted(request, Call))
     except RealtimeError as exc:
         return upstream_error_response(exc)
     return JsonResponse({"id": str(call.id), "status": call.status, "end_reason": call.end_reason or None})

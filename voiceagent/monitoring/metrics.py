@@ -16,6 +16,7 @@ Hooks never raise into the code they observe and never take a label from user in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -150,25 +151,29 @@ def record_call_setup(transport: str, outcome: str, *, started: float | None = N
         CALL_SETUP_SECONDS.labels(transport=transport).observe(time.monotonic() - started)
 
 
+@contextlib.contextmanager
+def counted_call_setup(transport: str, *, started: float) -> Iterator[None]:
+    """Count the set-up the block runs by outcome (from the exception it raises, "ok" when it ends)
+    and time a successful one from `started` (time.monotonic()), which may lie before the block: a
+    web call's set-up begins with its admission, in an earlier thread hand-off."""
+    try:
+        yield
+    except BaseException as exc:
+        record_call_setup(transport, setup_outcome(exc))
+        raise
+    record_call_setup(transport, "ok", started=started)
+
+
 def instrument_call_setup(
-    transport: str | None = None,
+    transport: str,
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-    """Decorate an async set-up service: counts it by outcome (from the exception it raises, "ok"
-    when it returns) and times the successful ones. `transport` None: read the `transport` keyword
-    argument (default "proxy"), as `start_web_call` takes it."""
+    """Decorate an async set-up service: `counted_call_setup` around each call of it."""
 
     def decorate(service: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(service)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            door = transport or str(kwargs.get("transport") or "proxy")
-            started = time.monotonic()
-            try:
-                result = await service(*args, **kwargs)
-            except BaseException as exc:
-                record_call_setup(door, setup_outcome(exc))
-                raise
-            record_call_setup(door, "ok", started=started)
-            return result
+            with counted_call_setup(transport, started=time.monotonic()):
+                return await service(*args, **kwargs)
 
         return wrapper
 
