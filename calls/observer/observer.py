@@ -207,6 +207,7 @@ class CallObserver:
                 hang_up=self._start_hang_up,
                 expected_session=snapshot.expected_session,
                 lease=self.lease,
+                call=snapshot.call,
             )
             self.tools.start()
             helpers = [

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
-from calls.models import Call, Event, ObserverLease, TranscriptTurn
+from calls.models import Call, Event, McpServer, ObserverLease, TranscriptTurn
 from calls.observer.lease import LeaseLost, LeaseToken, fence, ttl
 from calls.observer.transcript import Turn
 from voiceagent.monitoring.metrics import record_stored_events
@@ -52,6 +52,8 @@ class PendingEvent:
 class CallSnapshot:
     """What the observer needs to know about its call when it starts."""
 
+    #: The row as loaded, with its agent and the agent's enabled MCP servers (for the toolbox).
+    call: Call
     id: uuid.UUID
     provider_call_id: str | None
     status: str
@@ -73,14 +75,33 @@ class CallState:
 
 
 def load_call(call_id: uuid.UUID) -> CallSnapshot | None:
-    """The call with its agent and the last stored sequence; None if it does not exist."""
+    """The call with its agent (and the agent's enabled MCP servers, which its toolbox opens), and
+    the last stored sequence; None if it does not exist. One query (two when the agent offers MCP
+    servers) in one thread hand-off: this is the observer's start, ~2 ms of a web process's CPU per
+    call when each was a query of its own (bench/setup_overhead.py)."""
     from calls.services.session_config import build_session_config
+    from calls.tools.mcp import ENABLED_SERVERS_ATTRIBUTE
 
-    call = Call.objects.select_related("agent").filter(pk=call_id).first()
-    if call is None:
+    last_sequence = Event.objects.filter(call=OuterRef("pk")).order_by("-sequence").values("sequence")[:1]
+    offers_mcp = McpServer.objects.filter(agents=OuterRef("agent_id"), enabled=True)
+    found = (
+        Call.objects.select_related("agent")
+        .annotate(last_sequence=Subquery(last_sequence), offers_mcp=Exists(offers_mcp))
+        .filter(pk=call_id)
+        .first()
+    )
+    if found is None:
         return None
-    last = Event.objects.filter(call_id=call_id).aggregate(last=Max("sequence"))["last"] or 0
+    call: Any = found  # with the annotations
+    servers = (
+        list(McpServer.objects.filter(agents=call.agent_id, enabled=True).order_by("name"))
+        if call.offers_mcp
+        else []
+    )
+    setattr(call.agent, ENABLED_SERVERS_ATTRIBUTE, servers)
+    last = call.last_sequence or 0
     return CallSnapshot(
+        call=call,
         id=call.id,
         provider_call_id=call.provider_call_id,
         status=call.status,

@@ -118,8 +118,11 @@ class ToolRunner:
         hang_up: HangUp,
         expected_session: dict[str, Any],
         lease: LeaseToken | None = None,
+        call: Call | None = None,
     ) -> None:
         self.call_id = call_id
+        #: The call as its observer loaded it (with its agent), so the toolbox needs no query of its own.
+        self._call = call
         self.lease = lease
         self._send = send
         self._record = record
@@ -149,7 +152,7 @@ class ToolRunner:
 
     async def _prepare(self) -> None:
         try:
-            call = await database_sync_to_async(_load_call)(self.call_id)
+            call = self._call or await database_sync_to_async(_load_call)(self.call_id)
             if call is None:
                 self.toolbox = Toolbox()
                 return

@@ -303,11 +303,24 @@ async def probe(spec: ServerSpec) -> list[str]:
         await connection.close()
 
 
+#: Where a loaded agent may hold its enabled MCP servers, read with it (`Prefetch(to_attr=…)`, as
+#: the observer's `store.load_call` does): the provider then needs no query of its own.
+ENABLED_SERVERS_ATTRIBUTE: Final = "enabled_mcp_servers"
+
+
 def _enabled_servers(agent_id: int) -> list[ServerSpec]:
     from calls.models import McpServer
 
     servers = McpServer.objects.filter(agents=agent_id, enabled=True).order_by("name")
     return [ServerSpec.from_model(server) for server in servers]
+
+
+async def enabled_servers(call: Call) -> list[ServerSpec]:
+    """The MCP servers `call`'s agent offers: those read with the agent, else from the database."""
+    prefetched = getattr(call.agent, ENABLED_SERVERS_ATTRIBUTE, None) if call.agent_id else None
+    if prefetched is not None:
+        return [ServerSpec.from_model(server) for server in prefetched]
+    return await sync_to_async(_enabled_servers)(call.agent_id)
 
 
 class McpToolProvider:
@@ -319,7 +332,7 @@ class McpToolProvider:
 
     async def open(self, call: Call) -> Sequence[Tool]:
         """Connect to the call's servers concurrently; the tools of those that answered in time."""
-        specs = await sync_to_async(_enabled_servers)(call.agent_id)
+        specs = await enabled_servers(call)
         if not specs:
             return []
         connections = [ServerConnection(spec) for spec in specs]

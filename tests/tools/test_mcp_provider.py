@@ -7,14 +7,18 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from django.db import connection
 
 from calls.models import AgentProfile, Call, McpServer
+from calls.observer.store import CallSnapshot, load_call
 from calls.tools.base import ToolContext, ToolRegistry, build_toolbox
-from calls.tools.mcp import UNAVAILABLE_EVENT, McpToolProvider
+from calls.tools.mcp import UNAVAILABLE_EVENT, McpToolProvider, enabled_servers
 from tests.factories import AgentProfileFactory, CallFactory
 from tests.tools.mcp_support import SERVER_SCRIPT, child_pids
 
@@ -72,6 +76,48 @@ async def test_offers_the_profiles_enabled_servers_only() -> None:
         await provider.close(call)
     assert not (child_pids() - before), "closing the call stops its server processes"
     assert provider.open_calls() == 0
+
+
+async def test_the_observer_reads_the_servers_with_the_call_and_the_provider_asks_nothing_more() -> None:
+    """`store.load_call` reads the agent's enabled servers with the call (one thread hand-off when
+    an observer starts); the provider then offers exactly those without a query of its own."""
+
+    def setup() -> Call:
+        call = make_call(weather_server(allowed_tools=["get_weather"]))
+        off = weather_server(name="off", enabled=False)
+        off.agents.add(call.agent)
+        make_call(weather_server(name="other"))  # another profile's server
+        return call
+
+    call = await database_sync_to_async(setup)()
+    without = await database_sync_to_async(make_call)()  # a profile with no server
+    queries: list[str] = []
+
+    def count(execute: Callable[..., object], sql: str, *args: object) -> object:
+        queries.append(sql)
+        return execute(sql, *args)
+
+    def load(call_id: uuid.UUID) -> tuple[CallSnapshot | None, int]:
+        queries.clear()
+        with connection.execute_wrapper(count):
+            return load_call(call_id), len(queries)
+
+    snapshot, with_servers_queries = await database_sync_to_async(load)(call.pk)
+    assert snapshot is not None and snapshot.last_sequence == 0
+    assert with_servers_queries == 2, "the call (with its agent and last sequence), then its servers"
+    bare, bare_queries = await database_sync_to_async(load)(without.pk)
+    assert bare is not None and bare_queries == 1
+    assert await enabled_servers(bare.call) == []
+
+    def read_specs() -> list[str]:
+        queries.clear()
+        with connection.execute_wrapper(count):
+            return [spec.name for spec in async_to_sync(enabled_servers)(snapshot.call)]
+
+    assert await database_sync_to_async(read_specs)() == ["weather"]
+    assert queries == [], "the servers read with the call are used as they are"
+    # A call loaded without them (a test, an admin action) still gets its servers from the database.
+    assert [spec.name for spec in await enabled_servers(call)] == ["weather"]
 
 
 async def test_a_server_that_is_down_leaves_the_call_with_the_other_tools(
