@@ -20,12 +20,14 @@ Upstream error text is shown to users and stored on the call, so credentials in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
 import ssl
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -201,51 +203,96 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-#: One HTTP client per event loop, shared by every `RealtimeClient` on it (see `shared_http_client`).
-_SHARED_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
 #: Idle kept-alive connections to the API, per loop (a burst of set-ups opens more; these stay).
 KEEPALIVE_CONNECTIONS: Final = 32
 #: Seconds an idle kept-alive connection stays open (servers close theirs after a while anyway).
 KEEPALIVE_EXPIRY_S: Final = 20.0
+#: HTTP clients (connection pools) per loop. httpcore 1.0's pool (httpx's) does work quadratic in
+#: its number of connections each time a request starts or ends (its keep-alive bookkeeping scans
+#: every connection once per idle connection, and polls each idle socket: encode/httpcore#1035):
+#: with 50 set-ups at once in one pool that was ~10 % of the web process's CPU. Spread over this
+#: many pools, least busy first, no pool holds more than a few connections, while requests one at
+#: a time all take the first pool and reuse its kept-alive connection as before.
+POOL_SHARDS: Final = 8
 
 
-def shared_http_client() -> httpx.AsyncClient:
-    """The running loop's HTTP client for the Realtime API, made on first use.
+class _LoopClients:
+    """One loop's HTTP clients for the Realtime API and the requests each has in flight."""
+
+    def __init__(self) -> None:
+        limits = httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=max(1, KEEPALIVE_CONNECTIONS // POOL_SHARDS),
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        )
+        self.clients = [
+            httpx.AsyncClient(follow_redirects=False, trust_env=False, verify=_tls_context(), limits=limits)
+            for _ in range(POOL_SHARDS)
+        ]
+        self.in_flight = [0] * POOL_SHARDS
+
+    @property
+    def is_closed(self) -> bool:
+        return any(client.is_closed for client in self.clients)
+
+    def least_busy(self) -> int:
+        """The index of the client with the fewest requests in flight (the first of equals)."""
+        return min(range(len(self.clients)), key=self.in_flight.__getitem__)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[httpx.AsyncClient]:
+        """The least busy client, counted as busy with one more request until the block ends."""
+        index = self.least_busy()
+        self.in_flight[index] += 1
+        try:
+            yield self.clients[index]
+        finally:
+            self.in_flight[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+#: Each event loop's clients, shared by every `RealtimeClient` on it (see `loop_clients`).
+_SHARED_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_clients() -> _LoopClients:
+    """The running loop's HTTP clients for the Realtime API, made on first use.
 
     Built without a base URL, key or timeout (each request carries its own, so settings changes and
-    clients for other keys share it): what it keeps is its connection pool, so set-ups reuse kept-alive
-    connections (no TCP, and against OpenAI no TLS, handshake per call) and nobody builds and tears down
-    a client per request (~1.2 ms of CPU each on our 2-core box). An `httpx.AsyncClient` belongs to one
-    loop; `aclose_shared_http_client` closes the loop's client at shutdown (`manage.py serve`).
+    clients for other keys share them): what they keep is their connection pools, so set-ups reuse
+    kept-alive connections (no TCP, and against OpenAI no TLS, handshake per call) and nobody builds
+    and tears down a client per request (~1.2 ms of CPU each on our 2-core box). An
+    `httpx.AsyncClient` belongs to one loop; `aclose_shared_http_client` closes the loop's clients at
+    shutdown (`manage.py serve`).
     """
     loop = asyncio.get_running_loop()
     for closed in [other for other in _SHARED_CLIENTS if other.is_closed()]:
-        # A finished loop (asyncio.run, async_to_sync outside a server): forget its client, whose
+        # A finished loop (asyncio.run, async_to_sync outside a server): forget its clients, whose
         # connections refer to the loop and would otherwise keep both alive.
         del _SHARED_CLIENTS[closed]
-    client = _SHARED_CLIENTS.get(loop)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            verify=_tls_context(),
-            limits=httpx.Limits(
-                max_connections=None,
-                max_keepalive_connections=KEEPALIVE_CONNECTIONS,
-                keepalive_expiry=KEEPALIVE_EXPIRY_S,
-            ),
-        )
-        _SHARED_CLIENTS[loop] = client
-    return client
+    clients = _SHARED_CLIENTS.get(loop)
+    if clients is None or clients.is_closed:
+        clients = _LoopClients()
+        _SHARED_CLIENTS[loop] = clients
+    return clients
+
+
+def shared_http_client() -> httpx.AsyncClient:
+    """The running loop's HTTP client that the next request would take (the least busy one)."""
+    clients = loop_clients()
+    return clients.clients[clients.least_busy()]
 
 
 async def aclose_shared_http_client() -> None:
-    """Close the running loop's shared client (its kept-alive connections), if it has one."""
-    client = _SHARED_CLIENTS.pop(asyncio.get_running_loop(), None)
-    if client is not None:
-        await client.aclose()
+    """Close the running loop's clients (their kept-alive connections), if it has any."""
+    clients = _SHARED_CLIENTS.pop(asyncio.get_running_loop(), None)
+    if clients is not None:
+        await clients.aclose()
 
 
 class RealtimeClient:
@@ -253,7 +300,7 @@ class RealtimeClient:
 
     Base URL, key and timeout default to `REALTIME_BASE_URL`, `REALTIME_API_KEY` and
     `REALTIME_HTTP_TIMEOUT`. The timeout bounds connecting, each read, and the whole exchange.
-    Requests go through the loop's shared connection pool (`shared_http_client`), with this
+    Requests go through the loop's shared connection pools (`loop_clients`), with this
     client's key and timeout on each request.
     """
 
@@ -273,7 +320,7 @@ class RealtimeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Nothing to release: the connections belong to the loop's shared client."""
+        """Nothing to release: the connections belong to the loop's shared clients."""
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -282,23 +329,26 @@ class RealtimeClient:
         url = self.base_url + path
         try:
             async with asyncio.timeout(self.timeout):
-                async with shared_http_client().stream(
-                    "POST",
-                    url,
-                    headers={"Authorization": f"Bearer {self._api_key}"},
-                    timeout=httpx.Timeout(self.timeout),
-                    **kwargs,
-                ) as response:
-                    body = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > MAX_RESPONSE_BYTES:
-                            raise RealtimeUnavailable(
-                                f"The Realtime API's answer exceeded {MAX_RESPONSE_BYTES // 1024} KiB.",
-                                status=response.status_code,
-                                code="answer_too_large",
-                            )
-                    answer = _Answer(status=response.status_code, headers=response.headers, body=bytes(body))
+                with loop_clients().lease() as http:
+                    async with http.stream(
+                        "POST",
+                        url,
+                        headers={"Authorization": f"Bearer {self._api_key}"},
+                        timeout=httpx.Timeout(self.timeout),
+                        **kwargs,
+                    ) as response:
+                        body = bytearray()
+                        async for chunk in response.aiter_bytes():
+                            body += chunk
+                            if len(body) > MAX_RESPONSE_BYTES:
+                                raise RealtimeUnavailable(
+                                    f"The Realtime API's answer exceeded {MAX_RESPONSE_BYTES // 1024} KiB.",
+                                    status=response.status_code,
+                                    code="answer_too_large",
+                                )
+                        answer = _Answer(
+                            status=response.status_code, headers=response.headers, body=bytes(body)
+                        )
         except (TimeoutError, httpx.TimeoutException):
             raise RealtimeTimeout(
                 f"The Realtime API did not answer within {self.timeout:g} s.", code="upstream_timeout"

@@ -1,10 +1,12 @@
-"""`realtime_client.shared_http_client`: one pooled HTTP client per event loop, kept-alive to the API."""
+"""`realtime_client.loop_clients`: pooled HTTP clients per event loop, kept-alive to the API, a burst
+spread over several small pools."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -30,8 +32,54 @@ async def test_clients_on_one_loop_share_one_pool_and_reuse_its_connection(
     assert not shared_http_client().is_closed
     # Each request carried its own client's key, over one kept-alive connection.
     assert [seen.headers["Authorization"] for seen in upstream.seen] == ["Bearer sk-one", "Bearer sk-two"]
-    pool = shared_http_client()._transport._pool  # type: ignore[attr-defined]
-    assert len(pool.connections) == 1
+    assert len(pool_connections(shared_http_client())) == 1
+    await aclose_shared_http_client()
+
+
+def pool_connections(client: httpx.AsyncClient) -> list[object]:
+    return list(client._transport._pool.connections)  # type: ignore[attr-defined]
+
+
+async def test_a_burst_is_spread_over_small_pools_and_single_requests_keep_one_connection(
+    fake_upstream: StartUpstream,
+) -> None:
+    """Concurrent requests go to the least busy pool (httpcore's pool costs work quadratic in its
+    connections per request), so no pool opens more than its share; one request at a time always
+    takes the first pool and reuses its kept-alive connection."""
+    release = asyncio.Event()
+    ports: list[int] = []  # the client port of each request: one per TCP connection
+    burst = 2 * realtime_client.POOL_SHARDS
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        ports.append(request.transport.get_extra_info("peername")[1])
+        await release.wait()
+        return web.Response(status=200, text="{}", content_type="application/json")
+
+    upstream = await fake_upstream(held)
+
+    async def hang_up() -> None:
+        async with RealtimeClient(base_url=upstream.base_url, api_key="sk-x", timeout=5) as client:
+            await client.hangup_call("rtc_abcdef123456")
+
+    tasks = [asyncio.create_task(hang_up()) for _ in range(burst)]
+    async with asyncio.timeout(5):
+        while len(ports) < burst:  # noqa: ASYNC110 (the upstream counts what reached it)
+            await asyncio.sleep(0.01)
+    clients = realtime_client.loop_clients()
+    assert clients.in_flight == [2] * realtime_client.POOL_SHARDS
+    assert [len(pool_connections(client)) for client in clients.clients] == [2] * realtime_client.POOL_SHARDS
+    release.set()
+    await asyncio.gather(*tasks)
+    assert clients.in_flight == [0] * realtime_client.POOL_SHARDS
+    assert len(set(ports)) == burst
+
+    for _ in range(3):
+        await hang_up()
+    sequential = ports[burst:]
+    assert len(set(sequential)) == 1, "one request at a time: one connection"
+    assert sequential[0] in ports[:burst], "a kept-alive connection of the burst, not a new one"
+    assert all(len(pool_connections(client)) == 2 for client in clients.clients)
     await aclose_shared_http_client()
 
 

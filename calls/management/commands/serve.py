@@ -207,8 +207,8 @@ def _webhook_url(host: str, port: int) -> str:
 
 
 def _close_shared_http_client() -> Any:
-    """At reactor shutdown: close the loop's pooled client to the Realtime API (its kept-alive
-    connections; `calls.services.realtime_client.shared_http_client`). A Deferred for Twisted."""
+    """At reactor shutdown: close the loop's pooled clients to the Realtime API (its kept-alive
+    connections; `calls.services.realtime_client.loop_clients`). A Deferred for Twisted."""
     import asyncio
 
     from twisted.internet.defer import Deferred
