@@ -16,7 +16,9 @@ in as the seeded staff user, then at each concurrency runs rounds of `c` simulta
 with the arm that goes first swapped every round (A/B, B/A, …), so both see the same machine. The
 clock runs from sending the request to having read the whole SDP answer. Offers are real aiortc
 offers made before any timing. After each round its calls are hung up (the proxy's through
-`/rtc/<id>/hangup`, the direct ones at the engine), untimed, so neither side fills up.
+`/rtc/<id>/hangup`, the direct ones at the engine), untimed, so neither side fills up, and the next
+round waits until the servers are idle again (`Bench.settle`): the observer's work for a round's
+calls is not done during another arm's round.
 
 Prints `name: value unit` lines: p50/p95/p99 per arm and concurrency, the proxy's added p50 and
 the p50/p95 ratios. `--cpu` also prints the CPU time each process used per call in each arm
@@ -25,6 +27,11 @@ the p50/p95 ratios. `--cpu` also prints the CPU time each process used per call 
 DIR/server.txt: the hottest frames; see bench/profiling.py).
 `--compare-ref GITREF` serves the product as it was at that commit (exported with `git archive`) as
 a third interleaved arm, `proxy_ref`: before and after in one run.
+`--floor` adds two arms from a server of their own (`bench.settings_floor`, same stack, no
+observer): `floor` forwards the offer through daphne, the product's middleware and its upstream
+client and does nothing else, `floor_auth` adds the sign-in check (bench/floor.py). What the
+floor adds over *direct* is the fixed stack's (daphne, Django, httpx, one more loopback hop); what
+*proxy* adds over the floor is the product's own work.
 """
 
 from __future__ import annotations
@@ -194,6 +201,10 @@ class CpuMeter:
         pids = {**self.groups, "postgres": postgres_pids(), "client": [os.getpid()]}
         return {name: sum(process_cpu_s(pid) for pid in group) for name, group in pids.items()}
 
+    def servers_cpu_s(self) -> float:
+        """CPU seconds used so far by everything but this client (engine, web servers, PostgreSQL)."""
+        return sum(seconds for name, seconds in self.snapshot().items() if name != "client")
+
     def add(self, arm: str, calls: int, before: dict[str, float], after: dict[str, float]) -> None:
         used = self.used.setdefault(arm, {})
         for name, value in after.items():
@@ -207,13 +218,24 @@ class CpuMeter:
                 print(f"cpu.{arm}.{name}: {per_call:.2f} ms per call (set-up and hang-up)")
 
 
-class Bench:
-    """The arms: `direct` (the engine) and one per web server (`proxy`, and `proxy_<variant>`)."""
+#: Between rounds, the servers are idle again when they used less CPU than this in one window
+#: (/proc counts in 10 ms ticks; an idle web process with its embedded observer uses ~2 % of a core).
+SETTLE_WINDOW_S: Final = 0.2
+SETTLE_CPU_S: Final = 0.03
+#: The longest wait for that; a round that had to stop waiting is counted (`unsettled_rounds`).
+SETTLE_MAX_S: Final = 5.0
 
-    def __init__(
-        self, webs: dict[str, str], engine: str, offers: list[str], cpu: CpuMeter | None = None
-    ) -> None:
-        self.webs, self.engine, self.offers, self.cpu = webs, engine, offers, cpu
+#: The floor arms (`--floor`): the path each posts the offer to on the floor server.
+FLOOR_PATHS: Final = {"floor": "/bench/floor", "floor_auth": "/bench/floor-auth"}
+
+
+class Bench:
+    """The arms: `direct` (the engine), one per product server (`proxy`, `proxy_<variant>`) and the
+    floor arms (`FLOOR_PATHS`, which hang up at the engine)."""
+
+    def __init__(self, webs: dict[str, str], engine: str, offers: list[str], meter: CpuMeter) -> None:
+        self.webs, self.engine, self.offers, self.meter = webs, engine, offers, meter
+        self.unsettled = 0
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         self.browsers = {arm: httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) for arm in webs}
         self.api = httpx.AsyncClient(
@@ -234,15 +256,17 @@ class Bench:
 
     async def proxy(self, arm: str) -> tuple[float, str | None]:
         offer = self.offer()
+        path = FLOOR_PATHS.get(arm, "/rtc?mode=audio")
         started = time.perf_counter()
         response = await self.browsers[arm].post(
-            f"{self.webs[arm]}/rtc?mode=audio", content=offer, headers={"Content-Type": "application/sdp"}
+            f"{self.webs[arm]}{path}", content=offer, headers={"Content-Type": "application/sdp"}
         )
         took = (time.perf_counter() - started) * 1000
         if response.status_code != 201:
             self.fail(arm, response)
             return took, None
-        return took, response.headers["location"]
+        location: str = response.headers["location"]
+        return took, location.rstrip("/").rsplit("/", 1)[-1] if arm in FLOOR_PATHS else location
 
     async def direct(self) -> tuple[float, str | None]:
         offer = self.offer()
@@ -260,7 +284,7 @@ class Bench:
 
     async def hang_up(self, arm: str, ids: list[str | None]) -> None:
         async def one(call: str) -> None:
-            if arm == "direct":
+            if arm == "direct" or arm in FLOOR_PATHS:
                 await self.api.post(f"{self.engine}/realtime/calls/{call}/hangup")
             else:
                 web = self.webs[arm]
@@ -276,18 +300,34 @@ class Bench:
         await self.hang_up(arm, [call for _, call in results])
         return [took for took, call in results if call]
 
+    async def settle(self) -> None:
+        """Wait until the servers are idle again: the work a round leaves behind (its hang-ups, the
+        observer detaching from its calls and recording their end) is then counted against that
+        round's arm, not against the next round's."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        before = self.meter.servers_cpu_s()
+        while True:
+            await asyncio.sleep(SETTLE_WINDOW_S)
+            now = self.meter.servers_cpu_s()
+            if now - before < SETTLE_CPU_S:
+                return
+            if time.monotonic() > deadline:
+                self.unsettled += 1
+                return
+            before = now
+
     async def run(self, concurrency: int, rounds: int) -> dict[str, list[float]]:
         samples: dict[str, list[float]] = {arm: [] for arm in self.arms}
         for warm in self.arms:  # connections, imports, first queries: not counted
             await self.round(warm, concurrency)
+            await self.settle()
         for index in range(rounds):
             shift = index % len(self.arms)  # each arm goes first in turn
             for arm in self.arms[shift:] + self.arms[:shift]:
-                before = self.cpu.snapshot() if self.cpu else {}
+                before = self.meter.snapshot()
                 samples[arm] += await self.round(arm, concurrency)
-                await asyncio.sleep(0.05)  # let the hang-ups' observer work settle between rounds
-                if self.cpu:
-                    self.cpu.add(f"c{concurrency}.{arm}", concurrency, before, self.cpu.snapshot())
+                await self.settle()
+                self.meter.add(f"c{concurrency}.{arm}", concurrency, before, self.meter.snapshot())
         return samples
 
 
@@ -306,20 +346,20 @@ def report(concurrency: int, samples: dict[str, list[float]]) -> None:
         print(f"setup.c{concurrency}.{arm}_ratio.p95: {percentile(proxy, 95) / percentile(direct, 95):.2f} x")
 
 
-async def main_async(
-    webs: dict[str, str], engine: str, options: argparse.Namespace, cpu: CpuMeter | None = None
-) -> int:
+async def main_async(webs: dict[str, str], engine: str, options: argparse.Namespace, meter: CpuMeter) -> int:
     offers = await make_offers(8)
-    bench = Bench(webs, engine, offers, cpu)
+    bench = Bench(webs, engine, offers, meter)
     for arm, web in webs.items():
-        await sign_in(bench.browsers[arm], web)
+        if arm != "floor":  # the plain floor needs no session (one would only cost it a cookie)
+            await sign_in(bench.browsers[arm], web)
     for concurrency in options.concurrency:
         rounds = max(4, options.rounds_c1 // concurrency) if concurrency > 1 else options.rounds_c1
         rounds = max(rounds, -(-options.min_samples // concurrency))
         report(concurrency, await bench.run(concurrency, rounds))
-    if cpu:
-        cpu.report()
+    if options.cpu:
+        meter.report()
     print(f"setup.failed_requests: {bench.failures} requests")
+    print(f"setup.unsettled_rounds: {bench.unsettled} rounds (servers still busy {SETTLE_MAX_S:g} s after)")
     for browser in bench.browsers.values():
         await browser.aclose()
     await bench.api.aclose()
@@ -408,6 +448,11 @@ def main() -> int:
         metavar="GITREF",
         help="one more arm, `proxy_ref`: the product as it was at this commit (exported with git archive)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="two more arms, `floor` and `floor_auth`: the offer forwarded by the same stack, nothing else",
+    )
     options = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     with contextlib.ExitStack() as stack:
@@ -436,17 +481,27 @@ def main() -> int:
                 )
             )
             print(f"proxy_ref: {options.compare_ref} ({git_describe(options.compare_ref)})")
-        cpu = None
-        if options.cpu:
-            groups = {"engine": [engine_proc.pid]}
-            groups.update({f"web_{arm}": [server.process.pid] for arm, server in servers.items()})
-            cpu = CpuMeter(groups)
+        if options.floor:
+            floor = stack.enter_context(
+                web_server(
+                    engine,
+                    settings_module="bench.settings_floor",
+                    database=f"h_setup_{os.getpid()}_floor",
+                    serve_args=("--no-observer",),
+                )
+            )
+            servers.update(floor=floor, floor_auth=floor)
+        groups = {"engine": [engine_proc.pid]}
+        web_pids = {f"web_{arm}": [server.process.pid] for arm, server in servers.items()}
+        web_pids.pop("web_floor_auth", None)  # the floor server's CPU counts as web_floor
+        groups.update(web_pids)
+        meter = CpuMeter(groups)
         with py_spy(servers["proxy"].process.pid, options.profile, "server"):
             code = asyncio.run(
-                main_async({arm: server.base_url for arm, server in servers.items()}, engine, options, cpu)
+                main_async({arm: server.base_url for arm, server in servers.items()}, engine, options, meter)
             )
         if code:
-            for server in servers.values():
+            for server in {id(server): server for server in servers.values()}.values():
                 print(f"# the server's log ends with:\n{server.log_tail(3000)}", file=sys.stderr)
     print(f"machine.load_average_end: {os.getloadavg()[0]:.2f}")
     return code
