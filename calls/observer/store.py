@@ -77,8 +77,8 @@ class CallState:
 def load_call(call_id: uuid.UUID) -> CallSnapshot | None:
     """The call with its agent (and the agent's enabled MCP servers, which its toolbox opens), and
     the last stored sequence; None if it does not exist. One query (two when the agent offers MCP
-    servers) in one thread hand-off: this is the observer's start, ~2 ms of a web process's CPU per
-    call when each was a query of its own (bench/setup_overhead.py)."""
+    servers) in one thread hand-off: this is the observer's start, ~1.5 ms more of a web process's
+    CPU per call when it took three hand-offs and four queries (bench/setup_overhead.py)."""
     from calls.services.session_config import build_session_config
     from calls.tools.mcp import ENABLED_SERVERS_ATTRIBUTE
 

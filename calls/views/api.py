@@ -133,7 +133,8 @@ Admission = Callable[..., object]
 def api_staff_admitted(admit: Admission) -> Callable[[AsyncView], AsyncView]:
     """`api_staff_required`, with the view's own sync checks and reads (`admit`) in the same thread
     hand-off as the sign-in check, once the user is known to be staff: one hand-off instead of two,
-    which on our 2-core box is ~1 ms of a call set-up's latency (bench/setup_overhead.py)."""
+    each a wake-up of two threads and their CPU (bench/setup_overhead.py: ~0.4 ms of a set-up one at
+    a time on our 2-core box, more under load)."""
 
     def decorate(view: AsyncView) -> AsyncView:
         @wraps(view)
