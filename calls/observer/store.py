@@ -80,7 +80,7 @@ def load_call(call_id: uuid.UUID) -> CallSnapshot | None:
     servers) in one thread hand-off: this is the observer's start, ~1.5 ms more of a web process's
     CPU per call when it took three hand-offs and four queries (bench/setup_overhead.py)."""
     from calls.services.session_config import build_session_config
-    from calls.tools.mcp import ENABLED_SERVERS_ATTRIBUTE
+    from calls.tools.mcp import ENABLED_SERVERS_ATTRIBUTE, enabled_server_rows
 
     last_sequence = Event.objects.filter(call=OuterRef("pk")).order_by("-sequence").values("sequence")[:1]
     offers_mcp = McpServer.objects.filter(agents=OuterRef("agent_id"), enabled=True)
@@ -93,11 +93,7 @@ def load_call(call_id: uuid.UUID) -> CallSnapshot | None:
     if found is None:
         return None
     call: Any = found  # with the annotations
-    servers = (
-        list(McpServer.objects.filter(agents=call.agent_id, enabled=True).order_by("name"))
-        if call.offers_mcp
-        else []
-    )
+    servers = list(enabled_server_rows(call.agent_id)) if call.offers_mcp else []
     setattr(call.agent, ENABLED_SERVERS_ATTRIBUTE, servers)
     last = call.last_sequence or 0
     return CallSnapshot(

@@ -37,6 +37,8 @@ from mcp_types import Tool as McpTool
 from calls.tools.base import TOOL_NAME, Tool, ToolError
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
     from calls.models import Call, McpServer
 
 logger = logging.getLogger(__name__)
@@ -303,21 +305,29 @@ async def probe(spec: ServerSpec) -> list[str]:
         await connection.close()
 
 
-#: Where a loaded agent may hold its enabled MCP servers, read with it (`Prefetch(to_attr=…)`, as
-#: the observer's `store.load_call` does): the provider then needs no query of its own.
+#: Where a loaded agent may hold its enabled MCP servers, read with it (as the observer's
+#: `store.load_call` does): the provider then needs no query of its own.
 ENABLED_SERVERS_ATTRIBUTE: Final = "enabled_mcp_servers"
 
 
-def _enabled_servers(agent_id: int) -> list[ServerSpec]:
+def enabled_server_rows(agent_id: int) -> QuerySet[McpServer]:
+    """The enabled MCP servers linked to the agent profile `agent_id`, by name."""
     from calls.models import McpServer
 
-    servers = McpServer.objects.filter(agents=agent_id, enabled=True).order_by("name")
-    return [ServerSpec.from_model(server) for server in servers]
+    return McpServer.objects.filter(agents=agent_id, enabled=True).order_by("name")
+
+
+def _enabled_servers(agent_id: int) -> list[ServerSpec]:
+    return [ServerSpec.from_model(server) for server in enabled_server_rows(agent_id)]
 
 
 async def enabled_servers(call: Call) -> list[ServerSpec]:
-    """The MCP servers `call`'s agent offers: those read with the agent, else from the database."""
-    prefetched = getattr(call.agent, ENABLED_SERVERS_ATTRIBUTE, None) if call.agent_id else None
+    """The MCP servers `call`'s agent offers: those read with the agent, else from the database
+    (an agent that is not loaded is not loaded here: that would be a query on the event loop)."""
+    from calls.models import Call as CallModel
+
+    agent = call.agent if CallModel.agent.is_cached(call) else None
+    prefetched = getattr(agent, ENABLED_SERVERS_ATTRIBUTE, None)
     if prefetched is not None:
         return [ServerSpec.from_model(server) for server in prefetched]
     return await sync_to_async(_enabled_servers)(call.agent_id)
